@@ -1,0 +1,38 @@
+"""Config helpers shared by the entry points: the paper-name resolver and composing configs.
+
+Importing this module registers `${paper_name:arch,activation,head_bias}`, which the run
+directory pattern in conf/config.yaml uses.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from dmlight.models import paper_name
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+
+if not OmegaConf.has_resolver("paper_name"):
+    OmegaConf.register_new_resolver(
+        "paper_name", lambda arch, act, bias: paper_name(arch, act, str(bias).lower() == "true"))
+
+
+def model_name(cfg: DictConfig) -> str:
+    """The paper name of the model a config trains, e.g. 'ReLU2-Neg'."""
+    return paper_name(cfg.arch.name, cfg.activation.name, bool(cfg.arch.head_bias))
+
+
+def compose_config(overrides: list[str] | None = None, config_name: str = "config") -> DictConfig:
+    """Compose dmlight's config the way `python -m dmlight.train` would, for notebooks and tests.
+
+    Example:
+        >>> cfg = compose_config(["experiment=learn_distance_metrics", "arch=mlp2_neg"])
+        >>> model_name(cfg), cfg.trainer.max_epochs
+        ('ReLU2-Neg', 5000)
+    """
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose(config_name=config_name, overrides=list(overrides or []),
+                       return_hydra_config=False)

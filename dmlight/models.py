@@ -1,0 +1,166 @@
+"""Build any network of both papers from (arch, activation, head_bias, hidden).
+
+Every paper model is one point of that grid, never its own class:
+
+    arch           network (after Linear(784, hidden) -> [Perturbation] -> act)
+    mlp            -> Linear(hidden, 10)                      ReLU, Abs
+    mlp2           -> Linear(hidden, 10) -> act               ReLU2, Abs2
+    mlp2_neg       -> Linear(hidden, 10) -> act -> Neg        ReLU2-Neg, Abs2-Neg
+    offset_l2      -> OffsetL2(hidden, 10)                    ReLU-L2, Abs-L2
+    offset_l2_neg  -> OffsetL2(hidden, 10) -> Neg             ReLU-L2-Neg, Abs-L2-Neg
+
+`head_bias=True` gives the head Linear a bias and appends "_Bias" to the name (the USE
+models and LEARN's bias ablation).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from collections import OrderedDict
+
+import torch
+from torch import nn
+
+from dmlight.layers import Abs, Neg, OffsetL2, Perturbation
+
+ACTIVATIONS = {
+    "relu": ("ReLU", nn.ReLU),
+    "abs": ("Abs", Abs),
+    "sigmoid": ("Sigmoid", nn.Sigmoid),
+    "tanh": ("Tanh", nn.Tanh),
+    "gelu": ("GELU", nn.GELU),
+    "leaky_relu": ("LeakyReLU", nn.LeakyReLU),
+}
+
+
+@dataclass(frozen=True)
+class Arch:
+    head: str  # "linear" or "offset_l2"
+    output_activation: bool
+    neg: bool
+    name_pattern: str  # "{act}" is replaced by the activation's paper name
+
+
+ARCHS = {
+    "mlp": Arch("linear", False, False, "{act}"),
+    "mlp2": Arch("linear", True, False, "{act}2"),
+    "mlp2_neg": Arch("linear", True, True, "{act}2-Neg"),
+    "offset_l2": Arch("offset_l2", False, False, "{act}-L2"),
+    "offset_l2_neg": Arch("offset_l2", False, True, "{act}-L2-Neg"),
+}
+
+SITES = ("pre_activation", "post_activation")
+
+
+class ConfigError(ValueError):
+    """A config value dmlight does not accept; the message says which values it does."""
+
+
+def _check(kind: str, value, accepted) -> None:
+    if value not in accepted:
+        raise ConfigError(f"unknown {kind} {value!r}; accepted: {', '.join(map(str, accepted))}. "
+                          f"Pick one on the command line, e.g. {kind}={list(accepted)[0]}")
+
+
+def paper_name(arch: str, activation: str, head_bias: bool) -> str:
+    """The papers' name for a grid point.
+
+    Example:
+        >>> paper_name("mlp2_neg", "relu", False), paper_name("mlp", "abs", True)
+        ('ReLU2-Neg', 'Abs_Bias')
+    """
+    _check("arch", arch, ARCHS)
+    _check("activation", activation, ACTIVATIONS)
+    name = ARCHS[arch].name_pattern.format(act=ACTIVATIONS[activation][0])
+    return name + ("_Bias" if head_bias else "")
+
+
+class Network(nn.Sequential):
+    """Linear -> Perturbation? -> act -> Perturbation? -> head -> act? -> Neg?, with named parts.
+
+    Parts are reachable by name: `hidden`, `perturb` (at `site`), `activation`, `head`,
+    `output_activation`, `neg`. `trunk` and `tail` split it at the perturbation site.
+    """
+
+    def __init__(self, arch: str, activation: str, head_bias: bool, hidden: int = 128,
+                 in_features: int = 784, n_classes: int = 10, site: str = "pre_activation"):
+        _check("arch", arch, ARCHS)
+        _check("activation", activation, ACTIVATIONS)
+        _check("perturbation site", site, SITES)
+        spec = ARCHS[arch]
+        if spec.head == "offset_l2" and head_bias:
+            raise ConfigError(f"arch {arch!r} has no bias (OffsetL2 is a distance layer); "
+                              "set arch.head_bias=false")
+        act_cls = ACTIVATIONS[activation][1]
+        parts: list[tuple[str, nn.Module]] = [("hidden", nn.Linear(in_features, hidden))]
+        if site == "pre_activation":
+            parts.append(("perturb", Perturbation(hidden)))
+        parts.append(("activation", act_cls()))
+        if site == "post_activation":
+            parts.append(("perturb", Perturbation(hidden)))
+        if spec.head == "linear":
+            parts.append(("head", nn.Linear(hidden, n_classes, bias=head_bias)))
+        else:
+            parts.append(("head", OffsetL2(hidden, n_classes)))
+        if spec.output_activation:
+            parts.append(("output_activation", act_cls()))
+        if spec.neg:
+            parts.append(("neg", Neg()))
+        super().__init__(OrderedDict(parts))
+        self.arch, self.activation_name, self.head_bias = arch, activation, head_bias
+        self.hidden_units, self.site = hidden, site
+        self.name = paper_name(arch, activation, head_bias)
+
+    def _split(self) -> int:
+        return list(self._modules).index("perturb")
+
+    @property
+    def trunk(self) -> nn.Sequential:
+        """Everything before the perturbation layer (what a sweep computes once)."""
+        return nn.Sequential(*list(self)[: self._split()])
+
+    @property
+    def tail(self) -> nn.Sequential:
+        """Everything after the perturbation layer (what a sweep recomputes per point)."""
+        return nn.Sequential(*list(self)[self._split() + 1:])
+
+    def activation_layers(self) -> dict[str, nn.Module]:
+        """The layers whose outputs count for dead units: `activation`, `output_activation`."""
+        return {n: m for n, m in self.named_children() if n in ("activation", "output_activation")}
+
+
+def build_model(arch: str, activation: str, head_bias: bool = False, hidden: int = 128,
+                in_features: int = 784, n_classes: int = 10,
+                site: str = "pre_activation") -> Network:
+    """Build one paper model; its `.name` is the paper's name.
+
+    Example:
+        >>> net = build_model("mlp2_neg", "abs")
+        >>> net.name, net(torch.zeros(2, 784)).shape
+        ('Abs2-Neg', torch.Size([2, 10]))
+    """
+    return Network(arch, activation, head_bias, hidden, in_features, n_classes, site)
+
+
+@torch.no_grad()
+def unit_counts(net: Network, x: torch.Tensor, dead_tol: float = 1e-6,
+                rare_fraction: float = 0.01) -> dict[str, dict[str, int]]:
+    """Dead and rarely-active units of each activation layer on inputs `x`.
+
+    dead: |activation| <= 1e-6 on every sample. rare: active (above that) on at least one
+    sample but on fewer than 1% of them; dead units are not counted as rare.
+
+    Example:
+        >>> unit_counts(build_model("mlp2", "relu"), torch.zeros(8, 784))["activation"]["n"]
+        128
+    """
+    counts, h = {}, x
+    watched = net.activation_layers()
+    for name, layer in net.named_children():
+        h = layer(h)
+        if name in watched:
+            active = (h.abs() > dead_tol).float().mean(0)
+            dead = int((active == 0).sum())
+            rare = int(((active > 0) & (active < rare_fraction)).sum())
+            counts[name] = {"n": h.shape[1], "dead": dead, "rare": rare}
+    return counts

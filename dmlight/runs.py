@@ -1,0 +1,206 @@
+"""Run directories: where a run lives, what it holds, and how a rerun picks it up.
+
+A run directory holds
+    config.yaml          the resolved config (written first)
+    metrics.csv          epoch, train_loss, train_acc, test_acc (appended as training goes)
+    checkpoints/last.ckpt  the latest checkpoint (every `run.checkpoint_every` epochs, and the final one)
+    perturbation.csv     the perturbation sweep, when one ran
+    summary.json         written last and atomically, only when the run completed
+    failed.json          why the last attempt failed, when it did (removed on success)
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+import torch
+import pytorch_lightning as pl
+from omegaconf import DictConfig, OmegaConf
+
+METRICS_COLUMNS = ("epoch", "train_loss", "train_acc", "test_acc")
+# Config keys that decide a run's numbers; two configs that agree on these are the same run.
+IDENTITY_KEYS = ("experiment_name", "seed", "data.name", "data.preprocess", "data.batch_size",
+                 "arch", "activation", "optimizer", "trainer.max_epochs")
+
+
+class RunDirConflict(RuntimeError):
+    """The run directory holds a run made with another config."""
+
+
+class NonFiniteLoss(RuntimeError):
+    """The loss became NaN or inf."""
+
+
+def write_json_atomic(path: Path, obj) -> None:
+    """Write JSON so that a reader sees the old file or the whole new one, never half."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2, sort_keys=True)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        return None
+
+
+def identity(cfg: DictConfig) -> dict:
+    """The part of a config that decides the numbers (see IDENTITY_KEYS)."""
+    out = {}
+    for key in IDENTITY_KEYS:
+        value = OmegaConf.select(cfg, key, default=None)
+        out[key] = OmegaConf.to_container(value, resolve=True) if isinstance(value, DictConfig) else value
+    return out
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    flat = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            flat.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            flat[f"{prefix}{k}"] = v
+    return flat
+
+
+def claim_run_dir(run_dir: Path, cfg: DictConfig) -> None:
+    """Make sure `run_dir` is this config's: new, or holding the same run. Writes config.yaml.
+
+    A directory holding another config's run raises RunDirConflict naming the keys that differ.
+    """
+    run_dir.mkdir(parents=True, exist_ok=True)
+    saved = run_dir / "config.yaml"
+    if saved.exists():
+        old = _flatten(identity(OmegaConf.load(saved)))
+        new = _flatten(identity(cfg))
+        diff = {k: (old.get(k), new.get(k)) for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)}
+        if diff:
+            shown = "; ".join(f"{k}: {a!r} there, {b!r} now" for k, (a, b) in list(diff.items())[:5])
+            raise RunDirConflict(
+                f"{run_dir} holds a run with another config ({shown}). Refusing to mix results: "
+                "choose another directory (hydra.run.dir=... or experiment_name=...) or delete that one.")
+    OmegaConf.save(cfg, saved, resolve=True)
+
+
+def summary_path(run_dir: Path) -> Path:
+    return Path(run_dir) / "summary.json"
+
+
+def is_complete(run_dir: Path) -> bool:
+    s = read_json(summary_path(run_dir))
+    return bool(s) and s.get("status") == "complete"
+
+
+def last_checkpoint(run_dir: Path) -> Path | None:
+    p = Path(run_dir) / "checkpoints" / "last.ckpt"
+    return p if p.exists() else None
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    path = Path(run_dir) / "metrics.csv"
+    if not path.exists():
+        return []
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def truncate_metrics(run_dir: Path, last_epoch: int) -> None:
+    """Keep metrics.csv rows up to `last_epoch` (the checkpoint a resumed run starts from)."""
+    rows = [r for r in read_metrics(run_dir) if int(r["epoch"]) <= last_epoch]
+    path = Path(run_dir) / "metrics.csv"
+    tmp = path.with_name("metrics.csv.tmp")
+    with open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, METRICS_COLUMNS)
+        w.writeheader()
+        w.writerows(rows)
+    os.replace(tmp, path)
+
+
+def _fmt(v: float) -> str:
+    return "" if math.isnan(v) else repr(float(v))
+
+
+class RunRecorder(pl.Callback):
+    """Writes metrics.csv, checkpoints and progress lines; stops on a NaN/inf loss.
+
+    Work is batched every `checkpoint_every` epochs (metrics are kept on the device until
+    then), so a crash loses at most that many epochs and the training loop never syncs.
+    """
+
+    def __init__(self, run_dir: Path, name: str, checkpoint_every: int = 500,
+                 progress_every: int = 0, log_every: int | None = None):
+        self.run_dir = Path(run_dir)
+        self.name = name
+        self.checkpoint_every = max(1, int(checkpoint_every))
+        self.progress_every = int(progress_every)
+        self.log_every = max(1, int(log_every or self.checkpoint_every))
+        self.flushed = 0  # epochs already written to metrics.csv
+        self.t0 = time.perf_counter()
+        self.start_epoch = 0
+
+    # -- helpers
+    def _flush(self, trainer: pl.Trainer, module, upto: int) -> None:
+        if upto <= self.flushed:
+            return
+        block = module.history[self.flushed:upto].cpu()
+        bad = ~torch.isfinite(block[:, 0])
+        path = self.run_dir / "metrics.csv"
+        new_file = not path.exists() or path.stat().st_size == 0
+        with open(path, "a", newline="") as f:
+            w = csv.writer(f)
+            if new_file:
+                w.writerow(METRICS_COLUMNS)
+            for i, (loss, acc, test) in enumerate(block.tolist(), start=self.flushed + 1):
+                w.writerow([i, _fmt(loss), _fmt(acc), _fmt(test)])
+        for logger in trainer.loggers:
+            for i, (loss, acc, test) in enumerate(block.tolist(), start=self.flushed + 1):
+                metrics = {"train/loss": loss, "train/acc": acc}
+                if not math.isnan(test):
+                    metrics["test/acc"] = test
+                logger.log_metrics(metrics, step=i)
+        self.flushed = upto
+        if bad.any():
+            epoch = self.flushed - len(block) + int(bad.nonzero()[0]) + 1
+            raise NonFiniteLoss(
+                f"{self.name}: loss became {block[bad.nonzero()[0], 0].item()} at epoch {epoch}. "
+                "No summary was written. Lower optimizer.lr, or try data.preprocess=standardize.")
+
+    def _save_checkpoint(self, trainer: pl.Trainer) -> None:
+        path = self.run_dir / "checkpoints" / "last.ckpt"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name("last.ckpt.tmp")
+        trainer.save_checkpoint(tmp)
+        os.replace(tmp, path)
+
+    # -- hooks
+    def on_train_start(self, trainer, module) -> None:
+        self.start_epoch = self.flushed = trainer.current_epoch
+        self.t0 = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer, module) -> None:
+        done = trainer.current_epoch + 1
+        if done % self.log_every == 0 or done % self.checkpoint_every == 0 or done >= trainer.max_epochs:
+            self._flush(trainer, module, done)
+        if done % self.checkpoint_every == 0 or done >= trainer.max_epochs:
+            self._save_checkpoint(trainer)
+        if self.progress_every and (done % self.progress_every == 0 or done >= trainer.max_epochs):
+            self._progress(trainer, module, done)
+
+    def _progress(self, trainer, module, done: int) -> None:
+        loss, acc, test = module.history[done - 1].tolist()
+        tests = module.history[:done, 2]
+        seen = tests[~torch.isnan(tests)]
+        test = seen[-1].item() if len(seen) else float("nan")
+        rate = (done - self.start_epoch) / max(time.perf_counter() - self.t0, 1e-9)
+        eta = (trainer.max_epochs - done) / max(rate, 1e-9)
+        print(f"[{self.name}] epoch {done}/{trainer.max_epochs}  loss {loss:.4g}  "
+              f"train {100 * acc:.2f}%  test {100 * test:.2f}%  {rate:.0f} ep/s  ETA {eta:.0f}s",
+              flush=True)
