@@ -204,3 +204,50 @@ class RunRecorder(pl.Callback):
         print(f"[{self.name}] epoch {done}/{trainer.max_epochs}  loss {loss:.4g}  "
               f"train {100 * acc:.2f}%  test {100 * test:.2f}%  {rate:.0f} ep/s  ETA {eta:.0f}s",
               flush=True)
+
+
+class Run:
+    """A finished (or checkpointed) run, loaded for analysis: `.model`, `.cfg`, `.summary`, `.data()`."""
+
+    def __init__(self, run_dir: Path, cfg: DictConfig, model: torch.nn.Module, summary: dict | None):
+        self.run_dir, self.cfg, self.model, self.summary = run_dir, cfg, model, summary
+
+    def data(self, device="cpu"):
+        """(x_train, y_train, x_test, y_test), preprocessed exactly as in training."""
+        from dmlight.data import load_data_cfg
+
+        return load_data_cfg(self.cfg.data, device).as_tuple()
+
+    def __repr__(self) -> str:
+        status = "complete" if self.summary else "incomplete"
+        return f"Run({self.model.name}, seed={self.cfg.seed}, {status}, {self.run_dir})"
+
+
+def load_run(run_dir: str | Path, require_complete: bool = True) -> Run:
+    """Load a run directory: the trained network (eval mode, CPU), its config and summary.
+
+    Example:
+        >>> run = load_run("outputs/use_distance_metrics/mnist5k-raw/ReLU_Bias/seed0")  # doctest: +SKIP
+        >>> x_train, y_train, x_test, y_test = run.data()
+        >>> (run.model(x_test).argmax(1) == y_test).float().mean()
+    """
+    from dmlight.models import build_model
+
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").exists():
+        raise FileNotFoundError(f"{run_dir} is not a dmlight run directory (no config.yaml). "
+                                "Pass a directory made by `python -m dmlight.train`.")
+    summary = read_json(summary_path(run_dir))
+    if require_complete and not (summary and summary.get("status") == "complete"):
+        raise RuntimeError(f"{run_dir} holds no complete run (no summary.json): it crashed or is "
+                           "still training. Rerun its training command to finish it, or pass "
+                           "require_complete=False to load its last checkpoint.")
+    ckpt = last_checkpoint(run_dir)
+    if ckpt is None:
+        raise FileNotFoundError(f"{run_dir} has no checkpoints/last.ckpt; rerun its training command.")
+    cfg = OmegaConf.load(run_dir / "config.yaml")
+    model = build_model(cfg.arch.name, cfg.activation.name, cfg.arch.head_bias, cfg.arch.hidden,
+                        site=cfg.arch.site)
+    state = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
+    model.load_state_dict({k.removeprefix("net."): v for k, v in state.items() if k.startswith("net.")})
+    return Run(run_dir, cfg, model.eval(), summary)
