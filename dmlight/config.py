@@ -13,9 +13,19 @@ from dmlight.models import paper_name
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
+
+
+def _dir_name(arch: str, activation: str, head_bias) -> str:
+    # A bad name must not fail inside Hydra's path interpolation (its error there is
+    # unreadable); the model builder reports it properly a moment later.
+    try:
+        return paper_name(arch, activation, str(head_bias).lower() == "true")
+    except ValueError:
+        return f"invalid-{arch}-{activation}"
+
+
 if not OmegaConf.has_resolver("paper_name"):
-    OmegaConf.register_new_resolver(
-        "paper_name", lambda arch, act, bias: paper_name(arch, act, str(bias).lower() == "true"))
+    OmegaConf.register_new_resolver("paper_name", _dir_name)
 
 
 def model_name(cfg: DictConfig) -> str:

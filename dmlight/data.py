@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from dmlight.errors import UserError
+
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
 PREPROCESS = ("raw", "standardize")
 IDX_FILES = {
@@ -30,7 +32,7 @@ IDX_FILES = {
 DEBIAN_FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 
 
-class DataError(RuntimeError):
+class DataError(UserError, RuntimeError):
     """Data that is missing or unreadable; the message says what to do."""
 
 

@@ -21,6 +21,7 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
+from dmlight.errors import UserError
 from dmlight.layers import Abs, Neg, OffsetL2, Perturbation
 
 ACTIVATIONS = {
@@ -52,7 +53,7 @@ ARCHS = {
 SITES = ("pre_activation", "post_activation")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A config value dmlight does not accept; the message says which values it does."""
 
 

@@ -81,15 +81,19 @@ class DistanceModule(pl.LightningModule):
         opt.zero_grad(set_to_none=True)
         self.manual_backward(loss)
         opt.step()
-        if batch_idx == 0 and not self.batch_size:
+        if not self.batch_size:
             # Full batch: this forward pass already measured the whole training set.
             self._record(0, loss.detach())
             self._record(1, accuracy(logits.detach(), y))
+        if batch_idx == self.trainer.num_training_batches - 1:
+            self._end_of_epoch()
         return None
 
-    def on_train_epoch_end(self) -> None:
+    def _end_of_epoch(self) -> None:
+        # Here rather than in on_train_epoch_end: Lightning runs callbacks' epoch-end hooks
+        # first, and the RunRecorder callback must see this epoch's numbers.
         epoch = self.current_epoch
-        if self.batch_size:  # mini-batches: measure the training set once per epoch
+        if self.batch_size:  # mini-batches: measure the whole training set once per epoch
             loss, acc = self.evaluate("train")
             self._record(0, loss)
             self._record(1, acc)

@@ -21,17 +21,19 @@ import torch
 import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
 
+from dmlight.errors import UserError
+
 METRICS_COLUMNS = ("epoch", "train_loss", "train_acc", "test_acc")
 # Config keys that decide a run's numbers; two configs that agree on these are the same run.
 IDENTITY_KEYS = ("experiment_name", "seed", "data.name", "data.preprocess", "data.batch_size",
                  "arch", "activation", "optimizer", "trainer.max_epochs")
 
 
-class RunDirConflict(RuntimeError):
+class RunDirConflict(UserError, RuntimeError):
     """The run directory holds a run made with another config."""
 
 
-class NonFiniteLoss(RuntimeError):
+class NonFiniteLoss(UserError, RuntimeError):
     """The loss became NaN or inf."""
 
 
@@ -88,6 +90,13 @@ def claim_run_dir(run_dir: Path, cfg: DictConfig) -> None:
                 f"{run_dir} holds a run with another config ({shown}). Refusing to mix results: "
                 "choose another directory (hydra.run.dir=... or experiment_name=...) or delete that one.")
     OmegaConf.save(cfg, saved, resolve=True)
+
+
+def record_failure(run_dir: Path, error: BaseException) -> None:
+    """failed.json: why this attempt failed (a rerun resumes; success removes the file)."""
+    if Path(run_dir).is_dir():
+        write_json_atomic(Path(run_dir) / "failed.json", {
+            "error": type(error).__name__, "message": str(error), "time": time.time()})
 
 
 def summary_path(run_dir: Path) -> Path:
@@ -177,7 +186,7 @@ class RunRecorder(pl.Callback):
         path = self.run_dir / "checkpoints" / "last.ckpt"
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name("last.ckpt.tmp")
-        trainer.save_checkpoint(tmp)
+        trainer.save_checkpoint(tmp, weights_only=False)
         os.replace(tmp, path)
 
     # -- hooks

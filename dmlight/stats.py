@@ -6,8 +6,8 @@ paired test a pair is dropped when either side is NaN). Degenerate inputs never 
 return NaN where the statistic is undefined, as each docstring says:
 
 - fewer than 2 values: no spread, so std, CI bounds, t, p and d are NaN;
-- zero variance (all values equal): the CI collapses to the mean (lo == hi == mean), but
-  t, p and d are NaN, because they divide by a zero spread.
+- zero variance (all values equal, up to float rounding): the CI collapses to the mean
+  (lo == hi == mean), but t, p and d are NaN, because they divide by a zero spread.
 """
 from __future__ import annotations
 
@@ -15,6 +15,12 @@ import math
 
 import numpy as np
 from scipy import stats as _st
+
+
+def _is_zero(spread: float, *samples) -> bool:
+    """A spread that is zero up to float rounding (0.9 - 0.8 and 0.8 - 0.7 differ in the 17th digit)."""
+    scale = max([1.0] + [float(np.nanmax(np.abs(x))) for x in samples if np.size(x) and not np.isnan(x).all()])
+    return not spread > 1e-12 * scale  # also true for NaN
 
 
 def _finite(values) -> np.ndarray:
@@ -70,7 +76,7 @@ def paired_ttest(a, b) -> tuple[float, float]:
     d = a - b
     d = d[~np.isnan(d)]
     n = len(d)
-    if n < 2 or d.std(ddof=1) == 0:
+    if n < 2 or _is_zero(d.std(ddof=1), a, b):
         return math.nan, math.nan
     t = d.mean() / (d.std(ddof=1) / math.sqrt(n))
     p = 2 * _st.t.sf(abs(t), n - 1)
@@ -87,7 +93,11 @@ def independent_ttest(a, b) -> tuple[float, float, float]:
         >>> round(t, 2), dof, round(p, 4)
         (4.29, 4.0, 0.0128)
     """
-    return _pooled_t(*mean_std(a), *mean_std(b))
+    a, b = _finite(a), _finite(b)
+    (mean_a, std_a, n_a), (mean_b, std_b, n_b) = mean_std(a), mean_std(b)
+    if n_a and n_b and _is_zero(_pooled_sd(std_a, n_a, std_b, n_b), a, b):
+        return math.nan, float(n_a + n_b - 2), math.nan
+    return _pooled_t(mean_a, std_a, n_a, mean_b, std_b, n_b)
 
 
 def independent_ttest_from_stats(mean_a, std_a, n_a, mean_b, std_b, n_b) -> tuple[float, float, float]:
@@ -131,6 +141,6 @@ def cohens_d(a, b) -> float:
     mean_a, std_a, n_a = mean_std(a)
     mean_b, std_b, n_b = mean_std(b)
     sp = _pooled_sd(std_a, n_a, std_b, n_b)
-    if not sp > 0:
+    if _is_zero(sp, _finite(a), _finite(b)):
         return math.nan
     return float((mean_a - mean_b) / sp)

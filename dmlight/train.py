@@ -7,22 +7,39 @@ Example:
 """
 from __future__ import annotations
 
+import logging
+import sys
 import time
+import warnings
 from pathlib import Path
 
 import hydra
 import pytorch_lightning as pl
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from dmlight import config as _config  # noqa: F401  (registers the ${paper_name:...} resolver)
 from dmlight.data import load_data_cfg
+from dmlight.errors import UserError
 from dmlight.loggers import finish_logger, make_logger
 from dmlight.models import build_model, unit_counts
 from dmlight.module import DistanceModule
-from dmlight.runs import (RunRecorder, claim_run_dir, is_complete, last_checkpoint, read_json,
-                          summary_path, truncate_metrics, write_json_atomic)
+from dmlight.sweep import record_sweep_failure
+from dmlight.runs import (RunDirConflict, RunRecorder, claim_run_dir, is_complete, last_checkpoint,
+                          read_json, record_failure, summary_path, truncate_metrics, write_json_atomic)
+
+
+class _NoTips(logging.Filter):
+    """Lightning's advertising line says nothing about the run; drop it from every job's log."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Tip:" not in record.getMessage()
+
+
+logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(_NoTips())
+warnings.filterwarnings("ignore", message=r".*treespec, LeafSpec.*")
 
 
 def build_network(cfg: DictConfig, seed: int | None = None):
@@ -95,7 +112,9 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
     t0 = time.perf_counter()
     try:
         trainer.fit(module, ckpt_path=str(ckpt) if ckpt else None)
+        fit_time = time.perf_counter() - t0
         summary = final_summary(cfg, module, name, time.perf_counter() - t0)
+        summary["fit_time_s"] = round(fit_time, 4)
         write_json_atomic(summary_path(run_dir), summary)
     finally:
         finish_logger(logger)
@@ -106,8 +125,22 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
 
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
-    summary = train(cfg, HydraConfig.get().runtime.output_dir)
-    return summary["test_acc"]
+    hc = HydraConfig.get()
+    run_dir = Path(hc.runtime.output_dir)
+    try:
+        return train(cfg, run_dir)["test_acc"]
+    except Exception as e:  # noqa: BLE001  (recorded, then reported below)
+        if not isinstance(e, RunDirConflict):  # that directory is another run's: leave it alone
+            record_failure(run_dir, e)
+        if hc.mode == RunMode.MULTIRUN:
+            # One failed point must not stop the sweep; SweepReport lists failures at the end.
+            record_sweep_failure(Path(hc.sweep.dir), run_dir, e)
+            print(f"FAILED {run_dir}: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+            return None
+        if isinstance(e, UserError):
+            print(f"error: {e}", file=sys.stderr)
+            sys.exit(2)
+        raise
 
 
 if __name__ == "__main__":

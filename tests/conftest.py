@@ -1,0 +1,40 @@
+"""Shared fixtures. Trainings here are real: short full-batch runs on the 5,000 MNIST digits."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+# No test may need a W&B account or the network.
+os.environ.setdefault("WANDB_MODE", "disabled")
+os.environ.setdefault("WANDB_SILENT", "true")
+os.environ.pop("WANDB_API_KEY", None)
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def run_module(module: str, *args: str, cwd: Path | None = None, env: dict | None = None,
+               timeout: int = 600) -> subprocess.CompletedProcess:
+    """`python -m module args...` in a subprocess, the way a user runs it."""
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd or REPO, text=True,
+                          capture_output=True, timeout=timeout, env={**os.environ, **(env or {})})
+
+
+def train_cfg(*overrides: str):
+    from dmlight.config import compose_config
+
+    return compose_config(["trainer.accelerator=cpu", "run.progress_every=0", *overrides])
+
+
+@pytest.fixture(scope="session")
+def relu_run(tmp_path_factory):
+    """A ReLU (USE settings, no sweep) trained 300 epochs on mnist5k: (run_dir, summary)."""
+    from dmlight.train import train
+
+    run_dir = tmp_path_factory.mktemp("relu_run")
+    cfg = train_cfg("experiment=use_distance_metrics", "perturbation=none", "trainer.max_epochs=300",
+                    "run.checkpoint_every=100", "run.log_every=50")
+    return run_dir, train(cfg, run_dir)

@@ -1,0 +1,269 @@
+"""dmlight.report on hand-made run folders: files, numbers, scorecard flips, incomplete runs, CLI, W&B payload."""
+import doctest
+import json
+import os
+import subprocess
+import sys
+from dataclasses import fields
+from pathlib import Path
+
+import matplotlib.image as mpimg
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats as st
+
+import dmlight.report as report
+from dmlight.report import THRESHOLDS, build_report, load_runs, scorecard
+
+sys.path.insert(0, str(Path(__file__).parent))
+from report_fixtures import make_learn_runs, make_run, make_use_runs  # noqa: E402
+
+TABLES = ("runs", "incomplete_runs", "baseline", "use_scale", "use_clip", "use_offset", "perturbation_curves",
+          "learn_accuracy", "learn_pairs", "units")
+FIGURES = ("perturbation", "test_accuracy", "learning_curves_use_distance_metrics",
+           "learning_curves_learn_distance_metrics", "learning_curves_learn_bias", "learning_curves_offset_l2")
+
+
+@pytest.fixture(scope="module")
+def full(tmp_path_factory):
+    """Every paper model at the published numbers (3 seeds), plus an incomplete and a failed run; report built once."""
+    root = tmp_path_factory.mktemp("runs")
+    make_use_runs(root)
+    make_learn_runs(root)
+    make_run(root, "use_distance_metrics", "ReLU_Bias", 7, test_acc=0.5, complete=False)  # still running
+    failed = make_run(root, "learn_distance_metrics", "ReLU", 8, test_acc=0.5, complete=False)
+    (failed / "failed.json").write_text(json.dumps({"error": "loss became nan at epoch 12"}))
+    # Hydra's and W&B's own config.yaml files must not look like runs.
+    for sub in (".hydra", "wandb/run-1/files"):
+        (failed / sub).mkdir(parents=True)
+        (failed / sub / "config.yaml").write_text("seed: 8\n")
+    out = build_report([root])
+    return root, out
+
+
+def card_of(root) -> dict:
+    c = scorecard(load_runs([root]))
+    return {(r.paper, r.claim_id): r.status for r in c.itertuples()}
+
+
+def test_every_table_figure_and_link_is_written(full):
+    root, out = full
+    assert out == root / "report"
+    md = (out / "report.md").read_text()
+    for name in TABLES:
+        assert (out / "tables" / f"{name}.csv").exists(), name
+    card = pd.read_csv(out / "scorecard.csv")
+    assert list(card.columns) == ["paper", "claim_id", "claim", "status", "evidence", "threshold"]
+    assert len(card) == 10 and set(card.paper) == {"USE", "LEARN"}
+    for name in FIGURES:
+        png = out / "figures" / f"{name}.png"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+        assert png.stat().st_size > 10_000, name
+        assert mpimg.imread(png).shape[1] > 400, name
+        assert (out / "figures" / f"{name}.pdf").read_bytes()[:4] == b"%PDF", name
+        assert f"](figures/{name}.png)" in md, name
+    assert not (out / "figures" / "clamp.png").exists()  # no clamp sweep in these runs
+
+
+def test_published_numbers_replicate_every_claim(full):
+    """The thresholds are consistent with the papers: their own numbers pass every claim."""
+    root, out = full
+    card = pd.read_csv(out / "scorecard.csv")
+    assert (card.status == "replicated").all(), card[card.status != "replicated"][["paper", "claim_id", "evidence"]]
+
+
+def test_incomplete_runs_are_listed_and_not_counted(full):
+    root, out = full
+    inc = pd.read_csv(out / "tables" / "incomplete_runs.csv")
+    assert len(inc) == 2  # not .hydra/ nor wandb/ below the failed run
+    assert inc.path.str.contains("seed7").any() and inc.path.str.contains("seed8").any()
+    assert inc.reason.str.contains("loss became nan").any()
+    assert set(inc.seed.astype(int)) == {7, 8} and set(inc.epochs_logged) == {20}
+    base = pd.read_csv(out / "tables" / "baseline.csv").set_index(["experiment", "model"])
+    assert base.loc[("use_distance_metrics", "ReLU_Bias"), "n"] == 3
+    assert base.loc[("learn_distance_metrics", "ReLU"), "n"] == 3
+    assert len(pd.read_csv(out / "tables" / "runs.csv")) == 2 * 3 + 16 * 3
+    md = (out / "report.md").read_text()
+    assert "**54 complete runs**, 2 incomplete" in md and "seed7" in md and "seed8" in md
+
+
+def test_baseline_and_learn_tables_numbers(full):
+    root, out = full
+    base = pd.read_csv(out / "tables" / "baseline.csv").set_index(["experiment", "model"])
+    relu = base.loc[("use_distance_metrics", "ReLU_Bias")]
+    assert relu.test_acc_pct_mean == pytest.approx(95.61)  # seeds at 95.51, 95.61, 95.71
+    assert relu.test_acc_pct_std == pytest.approx(0.1)
+    assert relu.published_train_acc_pct_mean == 98.33 and relu.published_train_loss_mean == 0.0610
+    learn = pd.read_csv(out / "tables" / "learn_accuracy.csv").set_index(["experiment", "model"])
+    relu2 = learn.loc[("learn_distance_metrics", "ReLU2")]
+    assert (relu2.mean_pct, relu2.std_pct, relu2.n) == (pytest.approx(56.31), pytest.approx(19.31), 3)
+    x = 56.31 + 19.31 * np.array([-1.0, 0.0, 1.0])
+    assert (relu2.ci_lo_pct, relu2.ci_hi_pct) == pytest.approx(st.t.interval(0.95, 2, x.mean(), st.sem(x)))
+    assert relu2.published_mean_pct == 56.31 and relu2.published_discussion_mean_pct == 47.20
+
+
+def test_use_point_tables_match_published_and_paired_test(full):
+    root, out = full
+    off = pd.read_csv(out / "tables" / "use_offset.csv")
+    relu = off[(off.model == "ReLU_Bias")].set_index("point_pct", drop=False)
+    # the stale first sweep (accuracy 10%) was overridden by the later rows
+    assert relu.loc[-5.0, "mean_pct"] == pytest.approx(97.78 - 0.05, abs=0.06)
+    assert relu.loc[-5.0, "published_pct"] == 97.78 and relu.loc[-5.0, "magnitude_used"] == pytest.approx(-0.05)
+    # the paired t-test against each run's own baseline, recomputed from the CSV files
+    pert = pd.concat(pd.read_csv(p).drop_duplicates(["kind", "magnitude", "split", "unit"], keep="last")
+                     for p in sorted(root.glob("use_distance_metrics/*/ReLU_Bias/seed*/perturbation.csv")))
+    pert = pert[(pert.split == "train") & (pert.unit.astype(str) == "all")]
+    base = pert[pert.kind == "baseline"].accuracy.values
+    at = pert[(pert.kind == "offset") & np.isclose(pert.magnitude, -0.05)].accuracy.values
+    assert len(base) == len(at) == 3
+    ref = st.ttest_rel(at, base)
+    assert (relu.loc[-5.0, "t"], relu.loc[-5.0, "p"]) == pytest.approx((ref.statistic, ref.pvalue))
+    assert relu.loc[-5.0, "drop_pp"] == pytest.approx(100 * (base - at).mean())
+    # 5% is not on the authors' log grid: the nearest point is used and shown
+    scale = pd.read_csv(out / "tables" / "use_scale.csv")
+    row = scale[(scale.model == "Abs_Bias") & (scale.point_pct == 5.0)].iloc[0]
+    assert row.magnitude_used == pytest.approx(10 ** (-2 + 3 * 23 / 99))
+    assert row.published_pct == 99.86
+
+
+def test_pairs_and_units_tables(full):
+    root, out = full
+    pairs = pd.read_csv(out / "tables" / "learn_pairs.csv").set_index(["a", "b"])
+    row = pairs.loc[("Abs2-Neg", "Abs2")]
+    a = 92.25 + 2.07 * np.array([-1.0, 0.0, 1.0])
+    b = 95.95 + 0.17 * np.array([-1.0, 0.0, 1.0])
+    ref = st.ttest_ind(a, b, equal_var=True)
+    assert (row.t, row.dof, row.p) == pytest.approx((ref.statistic, 4, ref.pvalue))
+    assert row.d == pytest.approx((a.mean() - b.mean()) / np.sqrt((a.var(ddof=1) + b.var(ddof=1)) / 2))
+    assert row.published_t == 8.97 and row.published_abs_d == 2.84
+    assert ("ReLU-L2-Neg", "ReLU-L2") in pairs.index and ("ReLU2_Bias", "ReLU_Bias") in pairs.index
+    units = pd.read_csv(out / "tables" / "units.csv").set_index(["experiment", "model", "layer", "split"])
+    out_units = units.loc[("learn_distance_metrics", "ReLU2", "output_activation", "train")]
+    assert (out_units.dead_mean, out_units.units, out_units.dead_pct_mean) == (3, 10, 30)
+    hidden = units.loc[("learn_distance_metrics", "ReLU", "activation", "test")]
+    assert hidden.dead_mean == pytest.approx((3 + 4 + 3) / 3) and hidden.rare_mean == 4
+
+
+def test_use_claim_1_flips_at_keep_threshold(tmp_path):
+    def lower_scale(by_pp):
+        return lambda kind, m, acc: acc - by_pp * ((kind == "scale") & (m >= 0.1) & (m <= 0.3))
+
+    make_use_runs(tmp_path / "kept", tweak=lower_scale(THRESHOLDS.keep_pp - 0.3))  # 0.23 + 0.2 = 0.43 pp drop
+    make_use_runs(tmp_path / "lost", tweak=lower_scale(THRESHOLDS.keep_pp - 0.1))  # 0.23 + 0.4 = 0.63 pp drop
+    assert card_of(tmp_path / "kept")[("USE", 1)] == "replicated"
+    assert card_of(tmp_path / "lost")[("USE", 1)] == "not replicated"
+
+
+def test_use_claim_3_flips_when_abs_survives_small_offsets(tmp_path):
+    def flatten_abs_near_zero(kind, m, acc):  # Abs keeps its accuracy out to +-2%: it should drop there
+        return np.where((kind == "offset") & (np.abs(m) <= 0.02 + 1e-9), acc.max(), acc)
+
+    make_use_runs(tmp_path, tweak=None, models=("ReLU_Bias",))
+    make_use_runs(tmp_path, tweak=flatten_abs_near_zero, models=("Abs_Bias",))
+    card = card_of(tmp_path)
+    assert card[("USE", 3)] == "not replicated"
+    assert card[("USE", 1)] == card[("USE", 2)] == "replicated"
+
+
+def test_learn_claim_2_flips_on_drop_and_dead_units(tmp_path):
+    models = ("ReLU", "ReLU2")
+    make_learn_runs(tmp_path / "collapse", models)
+    make_learn_runs(tmp_path / "no_collapse", models, accuracy={"ReLU2": (96.62 - THRESHOLDS.collapse_pp + 1, 5.0)})
+    make_learn_runs(tmp_path / "no_dead", models, dead_outputs={"ReLU2": 1})
+    assert card_of(tmp_path / "collapse")[("LEARN", 2)] == "replicated"
+    assert card_of(tmp_path / "no_collapse")[("LEARN", 2)] == "not replicated"
+    assert card_of(tmp_path / "no_dead")[("LEARN", 2)] == "not replicated"
+
+
+def test_learn_claim_1_flips_at_same_threshold(tmp_path):
+    same = THRESHOLDS.same_pp
+    make_learn_runs(tmp_path / "close", ("ReLU", "Abs"), accuracy={"Abs": (96.62 - same + 0.1, 0.2)})
+    make_learn_runs(tmp_path / "apart", ("ReLU", "Abs"), accuracy={"Abs": (96.62 - same - 0.1, 0.2)})
+    assert card_of(tmp_path / "close")[("LEARN", 1)] == "replicated"
+    assert card_of(tmp_path / "apart")[("LEARN", 1)] == "not replicated"
+
+
+def test_not_run_when_models_are_missing(tmp_path):
+    make_learn_runs(tmp_path, ("ReLU", "Abs", "Abs2"))  # no ReLU2, no Abs2-Neg, no bias, no OffsetL2, no sweeps
+    card = card_of(tmp_path)
+    assert card[("LEARN", 1)] == "replicated"
+    for key in [("USE", i) for i in (1, 2, 3, 4)] + [("LEARN", i) for i in (2, 3, 4, 5, 6)]:
+        assert card[key] == "not run", key
+    c = scorecard(load_runs([tmp_path])).set_index(["paper", "claim_id"])
+    assert "missing ReLU2" in c.loc[("LEARN", 2), "evidence"]
+
+
+def test_report_with_only_incomplete_runs(tmp_path):
+    make_run(tmp_path, "learn_distance_metrics", "ReLU", 0, test_acc=0.9, complete=False)
+    out = build_report([tmp_path], out=tmp_path / "elsewhere")
+    card = pd.read_csv(out / "scorecard.csv")
+    assert (card.status == "not run").all()
+    assert len(pd.read_csv(out / "tables" / "incomplete_runs.csv")) == 1
+    assert len(pd.read_csv(out / "tables" / "baseline.csv")) == 0
+    assert "**0 complete runs**, 1 incomplete" in (out / "report.md").read_text()
+
+
+def test_cli_subprocess(tmp_path):
+    make_learn_runs(tmp_path / "runs", ("ReLU", "Abs", "ReLU2"))
+    env = {**os.environ, "WANDB_MODE": "disabled"}
+    cmd = [sys.executable, "-m", "dmlight.report", str(tmp_path / "runs"), f"report.out={tmp_path / 'r'}",
+           "report.pairs=ReLU2:Abs", "report.wandb=false"]
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    for stage in ("runs found: 9", "tables written", "figures written", "scorecard:", f"report: {tmp_path / 'r'}"):
+        assert stage in done.stdout, stage
+    pairs = pd.read_csv(tmp_path / "r" / "tables" / "learn_pairs.csv")
+    assert ("ReLU2", "Abs") in set(zip(pairs.a, pairs.b))
+    with pytest.raises(SystemExit, match="unknown option 'report.colour'"):
+        report.main([str(tmp_path / "runs"), "report.colour=red"])
+    with pytest.raises(SystemExit, match="not 'A:B'"):
+        report.main([str(tmp_path / "runs"), "report.pairs=ReLU-Abs"])
+
+
+def test_wandb_payload_and_mode(tmp_path, monkeypatch, full):
+    root, out = full
+    tables = {"baseline": pd.read_csv(out / "tables" / "baseline.csv")}
+    card = pd.read_csv(out / "scorecard.csv")
+    payload = report.wandb_payload(tables, [out / "figures" / "perturbation.png"], card)
+    assert set(payload["tables"]) == {"baseline", "scorecard"}
+    assert payload["images"] == {"perturbation": out / "figures" / "perturbation.png"}
+    assert payload["summary"]["claim/USE-1"] == "replicated" and len(payload["summary"]) == 10
+
+    for var in ("WANDB_MODE", "WANDB_API_KEY", "WANDB_BASE_URL"):
+        monkeypatch.delenv(var, raising=False)
+    netrc = tmp_path / "netrc"
+    netrc.write_text("")
+    monkeypatch.setenv("NETRC", str(netrc))
+    assert report.wandb_mode() == "offline"
+    netrc.write_text("machine api.wandb.ai\n  login user\n  password not-a-real-key\n")
+    netrc.chmod(0o600)
+    assert report.wandb_mode() == "online"
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    assert report.wandb_mode() == "disabled"
+
+
+def test_wandb_offline_run_is_written(tmp_path, monkeypatch):
+    pytest.importorskip("wandb")
+    for var in [v for v in os.environ if v.startswith("WANDB_")]:
+        monkeypatch.delenv(var)
+    (tmp_path / "netrc").write_text("")
+    monkeypatch.setenv("NETRC", str(tmp_path / "netrc"))
+    monkeypatch.setenv("HOME", str(tmp_path))  # no user settings, no account
+    make_learn_runs(tmp_path / "runs", ("ReLU", "Abs"))
+    out = build_report([tmp_path / "runs"], wandb=True)
+    offline = list((out / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(offline) == 1 and offline[0].stat().st_size > 0
+    # a second report does not mistake W&B's files for runs
+    assert len(load_runs([tmp_path / "runs"], skip=[]).incomplete) == 0
+
+
+def test_thresholds_are_documented_in_the_module_docstring():
+    for f in fields(THRESHOLDS):
+        assert f"{f.name} = {getattr(THRESHOLDS, f.name)}" in report.__doc__, f.name
+        assert f.metadata["why"]
+
+
+def test_docstring_examples_run():
+    result = doctest.testmod(report)
+    assert result.attempted > 0 and result.failed == 0
