@@ -11,6 +11,7 @@ A run directory holds
 from __future__ import annotations
 
 import csv
+import fcntl
 import json
 import math
 import os
@@ -31,6 +32,10 @@ IDENTITY_KEYS = ("experiment_name", "seed", "data.name", "data.preprocess", "dat
 
 class RunDirConflict(UserError, RuntimeError):
     """The run directory holds a run made with another config."""
+
+
+class RunDirBusy(UserError, RuntimeError):
+    """Another live process holds the run directory's lock."""
 
 
 class NonFiniteLoss(UserError, RuntimeError):
@@ -97,6 +102,41 @@ def record_failure(run_dir: Path, error: BaseException) -> None:
     if Path(run_dir).is_dir():
         write_json_atomic(Path(run_dir) / "failed.json", {
             "error": type(error).__name__, "message": str(error), "time": time.time()})
+
+
+class RunLock:
+    """An exclusive lock on a run directory for as long as a job writes it.
+
+    flock is released by the kernel when the holder dies, so a killed job never leaves a
+    stale lock behind. Example:
+        >>> with RunLock(Path("/tmp/some_run")):  # doctest: +SKIP
+        ...     pass
+    """
+
+    def __init__(self, run_dir: Path):
+        self.path = Path(run_dir) / ".lock"
+        self.file = None
+
+    def __enter__(self) -> "RunLock":
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.file = open(self.path, "a+")
+        try:
+            fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.file.seek(0)
+            holder = self.file.read().strip() or "another process"
+            self.file.close()
+            raise RunDirBusy(f"{self.path.parent} is being written by {holder}. Two jobs must not "
+                             "write one run: wait for it, or kill it and rerun to resume.") from None
+        self.file.seek(0)
+        self.file.truncate()
+        self.file.write(f"pid {os.getpid()} on {os.uname().nodename}")
+        self.file.flush()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        fcntl.flock(self.file, fcntl.LOCK_UN)
+        self.file.close()
 
 
 def summary_path(run_dir: Path) -> Path:

@@ -27,7 +27,7 @@ from dmlight.loggers import finish_logger, make_logger
 from dmlight.models import build_model, unit_counts
 from dmlight.module import DistanceModule
 from dmlight.sweep import record_sweep_failure
-from dmlight.runs import (RunDirConflict, RunRecorder, claim_run_dir, is_complete, last_checkpoint,
+from dmlight.runs import (RunDirBusy, RunDirConflict, RunLock, RunRecorder, claim_run_dir, is_complete, last_checkpoint,
                           read_json, record_failure, summary_path, truncate_metrics, write_json_atomic)
 
 
@@ -84,13 +84,19 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
         >>> summary = train(compose_config(["data=synthetic", "trainer.max_epochs=5"]), "/tmp/r")  # doctest: +SKIP
     """
     run_dir = Path(run_dir)
+    with RunLock(run_dir):
+        return _train_locked(cfg, run_dir)
+
+
+def _train_locked(cfg: DictConfig, run_dir: Path) -> dict:
     name = _config.model_name(cfg)
     claim_run_dir(run_dir, cfg)
     if is_complete(run_dir):
         print(f"[{name}] complete, skipping: {run_dir}", flush=True)
         return read_json(summary_path(run_dir))
     (run_dir / "failed.json").unlink(missing_ok=True)
-    torch.set_num_threads(cfg.run.num_threads) if cfg.run.get("num_threads") else None
+    if cfg.run.get("num_threads"):
+        torch.set_num_threads(cfg.run.num_threads)
 
     data = load_data_cfg(cfg.data)
     net = build_network(cfg)
@@ -130,7 +136,7 @@ def main(cfg: DictConfig) -> float | None:
     try:
         return train(cfg, run_dir)["test_acc"]
     except Exception as e:  # noqa: BLE001  (recorded, then reported below)
-        if not isinstance(e, RunDirConflict):  # that directory is another run's: leave it alone
+        if not isinstance(e, (RunDirConflict, RunDirBusy)):  # that directory is another run's
             record_failure(run_dir, e)
         if hc.mode == RunMode.MULTIRUN:
             # One failed point must not stop the sweep; SweepReport lists failures at the end.
