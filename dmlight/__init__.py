@@ -1,5 +1,12 @@
 """dmlight: reproduce "Neural Networks Use / Learn Distance Metrics" (A. Oursland) with Hydra + Lightning."""
-from dmlight.runs import Run, load_run
-
 __all__ = ["Run", "load_run"]
 __version__ = "0.1.0"
+
+
+def __getattr__(name):
+    # Lazy, so `import dmlight.devices` or the report does not pay for torch and Lightning.
+    if name in __all__:
+        from dmlight import runs
+
+        return getattr(runs, name)
+    raise AttributeError(f"module 'dmlight' has no attribute {name!r}")

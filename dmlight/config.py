@@ -24,8 +24,15 @@ def _dir_name(arch: str, activation: str, head_bias) -> str:
         return f"invalid-{arch}-{activation}"
 
 
-if not OmegaConf.has_resolver("paper_name"):
-    OmegaConf.register_new_resolver("paper_name", _dir_name)
+def _n_jobs(cpu_jobs=2) -> int:
+    from dmlight.devices import default_n_jobs
+
+    return default_n_jobs(int(cpu_jobs))
+
+
+for _name, _fn in (("paper_name", _dir_name), ("dmlight_n_jobs", _n_jobs)):
+    if not OmegaConf.has_resolver(_name):
+        OmegaConf.register_new_resolver(_name, _fn)
 
 
 def model_name(cfg: DictConfig) -> str:

@@ -7,6 +7,7 @@ Example:
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 import time
@@ -21,6 +22,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from dmlight import config as _config  # noqa: F401  (registers the ${paper_name:...} resolver)
+from dmlight import devices
 from dmlight.data import load_data_cfg
 from dmlight.errors import UserError
 from dmlight.loggers import finish_logger, make_logger
@@ -73,7 +75,8 @@ def final_summary(cfg: DictConfig, module: DistanceModule, name: str, seconds: f
         "test_acc": test_acc.item(),
         "units": {layer: {split: unit_counts(net, data.split(split)[0])[layer] for split in ("train", "test")}
                   for layer in net.activation_layers()},
-        "wall_time_s": round(seconds, 3),
+        "wall_time_s": round(seconds, 3), "device": str(data.x_train.device),
+        "torch_threads": torch.get_num_threads(),
     }
 
 
@@ -129,12 +132,33 @@ def _train_locked(cfg: DictConfig, run_dir: Path) -> dict:
     return summary
 
 
+@contextlib.contextmanager
+def job_device(cfg: DictConfig, hc):
+    """Pin a parallel job (hydra/launcher=gpus) to a free GPU, or share out the CPU cores."""
+    parallel = hc.mode == RunMode.MULTIRUN and "joblib" in str(hc.launcher.get("_target_", "")).lower()
+    if not parallel:
+        yield
+        return
+    n_gpus = devices.visible_gpus()
+    trainer = OmegaConf.to_container(cfg.trainer, resolve=True)
+    if devices.wants_pinning(trainer, n_gpus, parallel):
+        with devices.GpuSlot(n_gpus, cfg.run.gpu_slot_dir) as gpu:
+            cfg.trainer.merge_with(devices.pin_trainer(trainer, gpu))
+            print(f"job {hc.job.num} pinned to GPU {gpu}", flush=True)
+            yield
+    else:
+        if not cfg.run.get("num_threads") and n_gpus == 0:
+            cfg.run.num_threads = devices.cpu_threads_per_job(hc.launcher.n_jobs)
+        yield
+
+
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
     try:
-        return train(cfg, run_dir)["test_acc"]
+        with job_device(cfg, hc):
+            return train(cfg, run_dir)["test_acc"]
     except Exception as e:  # noqa: BLE001  (recorded, then reported below)
         if not isinstance(e, (RunDirConflict, RunDirBusy)):  # that directory is another run's
             record_failure(run_dir, e)
