@@ -30,7 +30,15 @@ def _n_jobs(cpu_jobs=2) -> int:
     return default_n_jobs(int(cpu_jobs))
 
 
-for _name, _fn in (("paper_name", _dir_name), ("dmlight_n_jobs", _n_jobs)):
+def _seed_dir(seed, seeds) -> str:
+    # An ensemble's own directory holds only Hydra's files; its members live in seed<s>/.
+    if seeds is None:
+        return f"seed{seed}"
+    seeds = [int(s) for s in seeds]
+    return f"ensemble-seeds{seeds[0]}-{seeds[-1]}-n{len(seeds)}"
+
+
+for _name, _fn in (("paper_name", _dir_name), ("dmlight_n_jobs", _n_jobs), ("seed_dir", _seed_dir)):
     if not OmegaConf.has_resolver(_name):
         OmegaConf.register_new_resolver(_name, _fn)
 

@@ -1,9 +1,13 @@
 """The one LightningModule that trains any network of both papers, full-batch."""
 from __future__ import annotations
 
+import copy
+
 import torch
 import torch.nn.functional as F
 import pytorch_lightning as pl
+from torch import nn
+from torch.func import functional_call, stack_module_state, vmap
 from torchmetrics.functional.classification import multiclass_accuracy
 
 from dmlight.data import Splits
@@ -41,15 +45,101 @@ def accuracy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
                                validate_args=False)
 
 
+class Ensemble(nn.Module):
+    """Several networks of one architecture trained as one stacked model (one member per seed).
+
+    Parameters are stacked along a leading member axis; `torch.func.vmap` runs the members'
+    own `Network` on them, so the shared input goes through one matrix product for every
+    member and no architecture is written twice.
+
+    Example:
+        >>> nets = [build_model("mlp", "relu") for _ in range(3)]
+        >>> Ensemble(nets)(torch.zeros(5, 784)).shape
+        torch.Size([3, 5, 10])
+    """
+
+    def __init__(self, members: list[nn.Module]):
+        super().__init__()
+        params, _ = stack_module_state(members)
+        self.param_names = list(params)
+        for name, value in params.items():
+            self.register_parameter(name.replace(".", "__"), nn.Parameter(value.detach().clone()))
+        # Kept out of the module tree: only its structure (and identity buffers) are used.
+        self._template = [copy.deepcopy(members[0])]
+        self.n_members = len(members)
+        self.name = members[0].name
+
+    def stacked(self) -> dict[str, torch.Tensor]:
+        return {n: getattr(self, n.replace(".", "__")) for n in self.param_names}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        template = self._template[0]
+        one = lambda params, x: functional_call(template, params, (x,))  # noqa: E731
+        return vmap(one, in_dims=(0, None))(self.stacked(), x)
+
+    def member(self, i: int) -> nn.Module:
+        """Member i as a plain network (a copy, on the ensemble's device)."""
+        net = copy.deepcopy(self._template[0])
+        net.load_state_dict({n: p[i].detach().clone() for n, p in self.stacked().items()}, strict=False)
+        return net.to(next(self.parameters()).device)
+
+
+def split_checkpoint(ckpt: dict, n_members: int) -> list[dict]:
+    """An ensemble's Lightning checkpoint as one solo checkpoint per member.
+
+    Each member file is what its solo run would have written (keys `net.<param>`), so a solo
+    rerun or load_run reads it as its own.
+    """
+    out = []
+    for i in range(n_members):
+        member = {k: v for k, v in ckpt.items() if k not in ("state_dict", "optimizer_states")}
+        member["state_dict"] = {k.replace("__", "."): v[i].clone() for k, v in ckpt["state_dict"].items()}
+        member["optimizer_states"] = [_map_optimizer_state(s, lambda t: t[i].clone())
+                                      for s in ckpt.get("optimizer_states", [])]
+        out.append(member)
+    return out
+
+
+def join_checkpoints(members: list[dict]) -> dict:
+    """The inverse of split_checkpoint: member checkpoints as one ensemble checkpoint."""
+    joined = {k: v for k, v in members[0].items() if k not in ("state_dict", "optimizer_states")}
+    joined["state_dict"] = {k.replace(".", "__").replace("net__", "net.", 1):
+                            torch.stack([m["state_dict"][k] for m in members])
+                            for k in members[0]["state_dict"]}
+    joined["optimizer_states"] = []
+    for j, state in enumerate(members[0].get("optimizer_states", [])):
+        per = [m["optimizer_states"][j] for m in members]
+        joined["optimizer_states"].append(_map_optimizer_state(
+            state, None, stack=[p for p in per]))
+    return joined
+
+
+def _map_optimizer_state(state: dict, fn, stack: list[dict] | None = None) -> dict:
+    """Apply `fn` to every tensor of an optimizer state (or stack the same tensor of `stack`)."""
+    new = {"param_groups": copy.deepcopy(state["param_groups"]), "state": {}}
+    for idx, slots in state["state"].items():
+        new["state"][idx] = {}
+        for key, value in slots.items():
+            if not torch.is_tensor(value) or value.ndim == 0:
+                new["state"][idx][key] = value
+            elif stack is not None:
+                new["state"][idx][key] = torch.stack([s["state"][idx][key] for s in stack])
+            else:
+                new["state"][idx][key] = fn(value)
+    return new
+
+
 class DistanceModule(pl.LightningModule):
     """Cross-entropy on the network output as logits, optimizer from config.
 
-    Every epoch records (train_loss, train_acc, test_acc) into `self.history`, a tensor on
-    the training device, so nothing forces a device sync per step; the RunRecorder callback
-    flushes it to metrics.csv and the loggers.
+    `net` is one Network, or an Ensemble whose members train side by side: the loss is the
+    sum of the members' own losses, so each member gets exactly its own gradient.
+    Every epoch records (train_loss, train_acc, test_acc) per member into `self.history`
+    (members x epochs x 3), a tensor on the training device, so nothing forces a device sync
+    per step; the RunRecorder callback flushes it to metrics.csv and the loggers.
     """
 
-    def __init__(self, net: torch.nn.Module, data: Splits, optimizer, batch_size: int | None = None,
+    def __init__(self, net: nn.Module, data: Splits, optimizer, batch_size: int | None = None,
                  eval_every: int = 1, seed: int = 0):
         super().__init__()
         self.net = net
@@ -57,10 +147,19 @@ class DistanceModule(pl.LightningModule):
         self.optimizer_factory = optimizer  # a callable params -> Optimizer (Hydra partial)
         self.batch_size, self.eval_every, self.seed = batch_size, max(1, int(eval_every)), seed
         self.automatic_optimization = False  # one plain SGD step per batch; less overhead
+        self.n_members = net.n_members if isinstance(net, Ensemble) else 1
         self.history: torch.Tensor | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
+        """Logits with a leading member axis: (members, n, classes)."""
+        out = self.net(x)
+        return out if isinstance(self.net, Ensemble) else out.unsqueeze(0)
+
+    def members(self) -> list[nn.Module]:
+        """Each member as a plain network."""
+        if isinstance(self.net, Ensemble):
+            return [self.net.member(i) for i in range(self.n_members)]
+        return [self.net]
 
     def configure_optimizers(self):
         return self.optimizer_factory(self.net.parameters())
@@ -68,23 +167,32 @@ class DistanceModule(pl.LightningModule):
     def setup(self, stage: str) -> None:
         self.data = self.data.to(self.device)
         max_epochs = self.trainer.max_epochs if self._trainer is not None else 0
-        self.history = torch.full((max(max_epochs, 1), 3), float("nan"), device=self.device)
+        self.history = torch.full((self.n_members, max(max_epochs, 1), 3), float("nan"), device=self.device)
 
     def train_dataloader(self):
         return Batches(self.data.x_train, self.data.y_train, self.batch_size, self.seed)
 
+    @staticmethod
+    def _losses(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        # Per member, the very call a solo run makes, so members match solo runs.
+        return torch.stack([F.cross_entropy(member, y) for member in logits])
+
+    @staticmethod
+    def _accuracies(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return torch.stack([accuracy(member, y) for member in logits])
+
     def training_step(self, batch, batch_idx):
         x, y = batch
         opt = self.optimizers()
-        logits = self.net(x)
-        loss = F.cross_entropy(logits, y)
+        logits = self(x)
+        losses = self._losses(logits, y)
         opt.zero_grad(set_to_none=True)
-        self.manual_backward(loss)
+        self.manual_backward(losses.sum() if self.n_members > 1 else losses[0])
         opt.step()
         if not self.batch_size:
             # Full batch: this forward pass already measured the whole training set.
-            self._record(0, loss.detach())
-            self._record(1, accuracy(logits.detach(), y))
+            self._record(0, losses.detach())
+            self._record(1, self._accuracies(logits.detach(), y))
         if batch_idx == self.trainer.num_training_batches - 1:
             self._end_of_epoch()
         return None
@@ -101,12 +209,12 @@ class DistanceModule(pl.LightningModule):
         if (epoch + 1) % self.eval_every == 0 or last:
             self._record(2, self.evaluate("test")[1])
 
-    def _record(self, column: int, value: torch.Tensor) -> None:
-        self.history[self.current_epoch, column] = value
+    def _record(self, column: int, values: torch.Tensor) -> None:
+        self.history[:, self.current_epoch, column] = values
 
     @torch.no_grad()
     def evaluate(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """(loss, accuracy) of the current network on a whole split."""
+        """(loss, accuracy) per member of the current network(s) on a whole split."""
         x, y = self.data.split(split)
-        logits = self.net(x)
-        return F.cross_entropy(logits, y), accuracy(logits, y)
+        logits = self(x)
+        return self._losses(logits, y), self._accuracies(logits, y)

@@ -180,13 +180,14 @@ def _fmt(v: float) -> str:
 class RunRecorder(pl.Callback):
     """Writes metrics.csv, checkpoints and progress lines; stops on a NaN/inf loss.
 
-    Work is batched every `checkpoint_every` epochs (metrics are kept on the device until
-    then), so a crash loses at most that many epochs and the training loop never syncs.
+    One run directory per member (a solo run is an ensemble of one). Work is batched every
+    `log_every` / `checkpoint_every` epochs (metrics are kept on the device until then), so a
+    crash loses at most `checkpoint_every` epochs and the training loop never syncs.
     """
 
-    def __init__(self, run_dir: Path, name: str, checkpoint_every: int = 500,
+    def __init__(self, run_dirs: list[Path], name: str, checkpoint_every: int = 500,
                  progress_every: int = 0, log_every: int | None = None):
-        self.run_dir = Path(run_dir)
+        self.run_dirs = [Path(d) for d in run_dirs]
         self.name = name
         self.checkpoint_every = max(1, int(checkpoint_every))
         self.progress_every = int(progress_every)
@@ -199,35 +200,58 @@ class RunRecorder(pl.Callback):
     def _flush(self, trainer: pl.Trainer, module, upto: int) -> None:
         if upto <= self.flushed:
             return
-        block = module.history[self.flushed:upto].cpu()
-        bad = ~torch.isfinite(block[:, 0])
-        path = self.run_dir / "metrics.csv"
-        new_file = not path.exists() or path.stat().st_size == 0
-        with open(path, "a", newline="") as f:
-            w = csv.writer(f)
-            if new_file:
-                w.writerow(METRICS_COLUMNS)
-            for i, (loss, acc, test) in enumerate(block.tolist(), start=self.flushed + 1):
-                w.writerow([i, _fmt(loss), _fmt(acc), _fmt(test)])
-        for logger in trainer.loggers:
-            for i, (loss, acc, test) in enumerate(block.tolist(), start=self.flushed + 1):
-                metrics = {"train/loss": loss, "train/acc": acc}
-                if not math.isnan(test):
-                    metrics["test/acc"] = test
-                logger.log_metrics(metrics, step=i)
-        self.flushed = upto
+        block = module.history[:, self.flushed:upto].cpu()  # members x epochs x 3
+        for member, run_dir in enumerate(self.run_dirs):
+            rows = block[member].tolist()
+            path = run_dir / "metrics.csv"
+            new_file = not path.exists() or path.stat().st_size == 0
+            with open(path, "a", newline="") as f:
+                w = csv.writer(f)
+                if new_file:
+                    w.writerow(METRICS_COLUMNS)
+                for i, (loss, acc, test) in enumerate(rows, start=self.flushed + 1):
+                    w.writerow([i, _fmt(loss), _fmt(acc), _fmt(test)])
+        self._log(trainer, block)
+        bad = ~torch.isfinite(block[:, :, 0])
         if bad.any():
-            epoch = self.flushed - len(block) + int(bad.nonzero()[0]) + 1
+            member, offset = (int(i) for i in bad.nonzero()[0])
             raise NonFiniteLoss(
-                f"{self.name}: loss became {block[bad.nonzero()[0], 0].item()} at epoch {epoch}. "
-                "No summary was written. Lower optimizer.lr, or try data.preprocess=standardize.")
+                f"{self.name} ({self.run_dirs[member]}): loss became {block[member, offset, 0].item()} "
+                f"at epoch {self.flushed + offset + 1}. No summary was written. Lower "
+                "optimizer.lr, or try data.preprocess=standardize.")
+        self.flushed = upto
 
-    def _save_checkpoint(self, trainer: pl.Trainer) -> None:
-        path = self.run_dir / "checkpoints" / "last.ckpt"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name("last.ckpt.tmp")
-        trainer.save_checkpoint(tmp, weights_only=False)
-        os.replace(tmp, path)
+    def _log(self, trainer: pl.Trainer, block: torch.Tensor) -> None:
+        if not trainer.loggers:
+            return
+        solo = len(self.run_dirs) == 1
+        for i in range(block.shape[1]):
+            metrics = {}
+            for member, run_dir in enumerate(self.run_dirs):
+                loss, acc, test = block[member, i].tolist()
+                prefix = "" if solo else f"{run_dir.name}/"  # ensembles: one series per member seed
+                metrics.update({f"{prefix}train/loss": loss, f"{prefix}train/acc": acc})
+                if not math.isnan(test):
+                    metrics[f"{prefix}test/acc"] = test
+            for logger in trainer.loggers:
+                logger.log_metrics(metrics, step=self.flushed + i + 1)
+
+    def _save_checkpoint(self, trainer: pl.Trainer, module) -> None:
+        paths = [d / "checkpoints" / "last.ckpt" for d in self.run_dirs]
+        for p in paths:
+            p.parent.mkdir(parents=True, exist_ok=True)
+        if len(paths) == 1:
+            tmp = paths[0].with_name("last.ckpt.tmp")
+            trainer.save_checkpoint(tmp, weights_only=False)
+            os.replace(tmp, paths[0])
+            return
+        from dmlight.module import split_checkpoint
+
+        whole = trainer._checkpoint_connector.dump_checkpoint(weights_only=False)
+        for path, member in zip(paths, split_checkpoint(whole, len(paths))):
+            tmp = path.with_name("last.ckpt.tmp")
+            torch.save(member, tmp)
+            os.replace(tmp, path)
 
     # -- hooks
     def on_train_start(self, trainer, module) -> None:
@@ -239,19 +263,20 @@ class RunRecorder(pl.Callback):
         if done % self.log_every == 0 or done % self.checkpoint_every == 0 or done >= trainer.max_epochs:
             self._flush(trainer, module, done)
         if done % self.checkpoint_every == 0 or done >= trainer.max_epochs:
-            self._save_checkpoint(trainer)
+            self._save_checkpoint(trainer, module)
         if self.progress_every and (done % self.progress_every == 0 or done >= trainer.max_epochs):
             self._progress(trainer, module, done)
 
     def _progress(self, trainer, module, done: int) -> None:
-        loss, acc, test = module.history[done - 1].tolist()
-        tests = module.history[:done, 2]
-        seen = tests[~torch.isnan(tests)]
-        test = seen[-1].item() if len(seen) else float("nan")
+        loss, acc = module.history[:, done - 1, :2].mean(0).tolist()
+        tests = module.history[:, :done, 2]
+        seen = ~torch.isnan(tests[0])
+        test = tests[:, seen][:, -1].mean().item() if seen.any() else float("nan")
         rate = (done - self.start_epoch) / max(time.perf_counter() - self.t0, 1e-9)
         eta = (trainer.max_epochs - done) / max(rate, 1e-9)
+        mean = "" if len(self.run_dirs) == 1 else f" (mean of {len(self.run_dirs)})"
         print(f"[{self.name}] epoch {done}/{trainer.max_epochs}  loss {loss:.4g}  "
-              f"train {100 * acc:.2f}%  test {100 * test:.2f}%  {rate:.0f} ep/s  ETA {eta:.0f}s",
+              f"train {100 * acc:.2f}%  test {100 * test:.2f}%{mean}  {rate:.0f} ep/s  ETA {eta:.0f}s",
               flush=True)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import sys
 import time
 import warnings
@@ -26,8 +27,8 @@ from dmlight import devices
 from dmlight.data import load_data_cfg
 from dmlight.errors import UserError
 from dmlight.loggers import finish_logger, make_logger
-from dmlight.models import build_model, unit_counts
-from dmlight.module import DistanceModule
+from dmlight.models import ConfigError, build_model, unit_counts
+from dmlight.module import DistanceModule, Ensemble, accuracy, join_checkpoints
 from dmlight.sweep import record_sweep_failure
 from dmlight.runs import (RunDirBusy, RunDirConflict, RunLock, RunRecorder, claim_run_dir, is_complete, last_checkpoint,
                           read_json, record_failure, summary_path, truncate_metrics, write_json_atomic)
@@ -51,28 +52,43 @@ def build_network(cfg: DictConfig, seed: int | None = None):
                        site=cfg.arch.site)
 
 
-def make_callbacks(cfg: DictConfig, run_dir: Path, name: str) -> list[pl.Callback]:
+def member_config(cfg: DictConfig, seed: int) -> DictConfig:
+    """The solo config of one ensemble member: what `seed=<seed>` alone would run."""
+    member = cfg.copy()
+    member.seed, member.seeds = int(seed), None
+    return member
+
+
+def member_dir(cfg: DictConfig, seed: int) -> Path:
+    """Where seed `seed`'s solo run lives (the default layout under paths.output_dir)."""
+    return Path(cfg.paths.output_dir) / cfg.experiment_name / member_config(cfg, seed).run_subdir
+
+
+def make_callbacks(cfg: DictConfig, run_dirs: list[Path], name: str) -> list[pl.Callback]:
     callbacks: list[pl.Callback] = [
-        RunRecorder(run_dir, name, cfg.run.checkpoint_every, cfg.run.progress_every, cfg.run.log_every)]
+        RunRecorder(run_dirs, name, cfg.run.checkpoint_every, cfg.run.progress_every, cfg.run.log_every)]
     if cfg.perturbation.get("kinds"):
         from dmlight.perturbation import PerturbationSweep
 
-        callbacks.append(PerturbationSweep(run_dir, cfg.perturbation))
+        callbacks.append(PerturbationSweep(run_dirs, cfg.perturbation))
     return callbacks
 
 
-def final_summary(cfg: DictConfig, module: DistanceModule, name: str, seconds: float) -> dict:
-    net, data = module.net, module.data
+def final_summary(cfg: DictConfig, net, data, seconds: float) -> dict:
+    """summary.json of a finished run, measured on the final network."""
     net.to(data.x_train.device).eval()
-    train_loss, train_acc = module.evaluate("train")
-    test_acc = module.evaluate("test")[1]
+    with torch.no_grad():
+        logits = {split: net(data.split(split)[0]) for split in ("train", "test")}
+    y_train, y_test = data.y_train, data.y_test
     return {
-        "status": "complete", "experiment": cfg.experiment_name, "model_name": name,
+        "status": "complete", "experiment": cfg.experiment_name, "model_name": _config.model_name(cfg),
         "arch": cfg.arch.name, "activation": cfg.activation.name, "head_bias": bool(cfg.arch.head_bias),
         "hidden": int(cfg.arch.hidden), "perturbation_site": cfg.arch.site, "seed": int(cfg.seed),
         "data": cfg.data.name, "preprocess": cfg.data.preprocess, "epochs": int(cfg.trainer.max_epochs),
-        "lr": float(cfg.optimizer.lr), "train_loss": train_loss.item(), "train_acc": train_acc.item(),
-        "test_acc": test_acc.item(),
+        "lr": float(cfg.optimizer.lr),
+        "train_loss": torch.nn.functional.cross_entropy(logits["train"], y_train).item(),
+        "train_acc": accuracy(logits["train"], y_train).item(),
+        "test_acc": accuracy(logits["test"], y_test).item(),
         "units": {layer: {split: unit_counts(net, data.split(split)[0])[layer] for split in ("train", "test")}
                   for layer in net.activation_layers()},
         "wall_time_s": round(seconds, 3), "device": str(data.x_train.device),
@@ -80,56 +96,109 @@ def final_summary(cfg: DictConfig, module: DistanceModule, name: str, seconds: f
     }
 
 
-def train(cfg: DictConfig, run_dir: str | Path) -> dict:
+def train(cfg: DictConfig, run_dir: str | Path) -> dict | list[dict]:
     """Train (or resume, or skip if complete) the run `cfg` describes, in `run_dir`.
 
-    Returns the run's summary. Example:
+    With `cfg.seeds` set, trains those seeds as one stacked ensemble; each member writes the
+    run directory its solo run would (`member_dir`), and a list of summaries comes back.
+    Example:
         >>> summary = train(compose_config(["data=synthetic", "trainer.max_epochs=5"]), "/tmp/r")  # doctest: +SKIP
     """
-    run_dir = Path(run_dir)
-    with RunLock(run_dir):
-        return _train_locked(cfg, run_dir)
+    if cfg.get("seeds") is None:
+        members = [(cfg, Path(run_dir))]
+    else:
+        seeds = [int(s) for s in cfg.seeds]
+        if len(set(seeds)) != len(seeds) or not seeds:
+            raise ConfigError(f"seeds={seeds} must be distinct and non-empty, e.g. seeds='range(20)'")
+        members = [(member_config(cfg, s), member_dir(cfg, s)) for s in seeds]
+    with contextlib.ExitStack() as locks:
+        for _, d in members:
+            locks.enter_context(RunLock(d))
+        summaries = _train_locked(cfg, members)
+    return summaries[0] if cfg.get("seeds") is None else summaries
 
 
-def _train_locked(cfg: DictConfig, run_dir: Path) -> dict:
+def _train_locked(cfg: DictConfig, members: list[tuple[DictConfig, Path]]) -> list[dict]:
     name = _config.model_name(cfg)
-    claim_run_dir(run_dir, cfg)
-    if is_complete(run_dir):
-        print(f"[{name}] complete, skipping: {run_dir}", flush=True)
-        return read_json(summary_path(run_dir))
-    (run_dir / "failed.json").unlink(missing_ok=True)
+    done, todo = {}, []
+    for member_cfg, d in members:
+        claim_run_dir(d, member_cfg)
+        if is_complete(d):
+            print(f"[{name}] seed {member_cfg.seed} complete, skipping: {d}", flush=True)
+            done[d] = read_json(summary_path(d))
+        else:
+            (d / "failed.json").unlink(missing_ok=True)
+            todo.append((member_cfg, d))
+    if todo:
+        for d, summary in _fit(cfg, todo, name).items():
+            done[d] = summary
+    return [done[d] for _, d in members]
+
+
+def _resume_point(todo: list[tuple[DictConfig, Path]], name: str) -> list[dict] | None:
+    """The members' last checkpoints, if every member has one from the same epoch."""
+    ckpts = [last_checkpoint(d) for _, d in todo]
+    if not any(ckpts):
+        for _, d in todo:  # metrics of an attempt that died before its first checkpoint
+            (d / "metrics.csv").unlink(missing_ok=True)
+        return None
+    if not all(ckpts):
+        missing = [str(d) for (_, d), c in zip(todo, ckpts) if c is None]
+        raise RunDirConflict(f"{name}: some members have a checkpoint and some do not ({', '.join(missing)}); "
+                             "an ensemble resumes only together. Rerun those seeds solo (seed=<s>) or delete them.")
+    states = [torch.load(c, map_location="cpu", weights_only=False) for c in ckpts]
+    epochs = {s["epoch"] for s in states}
+    if len(epochs) > 1:
+        raise RunDirConflict(f"{name}: members were checkpointed at different epochs {sorted(epochs)}; "
+                             "rerun them solo (seed=<s>) to resume each on its own.")
+    for (_, d), c in zip(todo, ckpts):
+        truncate_metrics(d, states[0]["epoch"] + 1)
+        print(f"[{name}] resuming {d} from {c} (epoch {states[0]['epoch'] + 1})", flush=True)
+    return states
+
+
+def _fit(cfg: DictConfig, todo: list[tuple[DictConfig, Path]], name: str) -> dict[Path, dict]:
     if cfg.run.get("num_threads"):
         torch.set_num_threads(cfg.run.num_threads)
-
     data = load_data_cfg(cfg.data)
-    net = build_network(cfg)
+    nets = [build_network(c) for c, _ in todo]
+    net = nets[0] if len(nets) == 1 else Ensemble(nets)
     module = DistanceModule(net, data, hydra.utils.instantiate(cfg.optimizer), cfg.data.batch_size,
                             cfg.eval_every, cfg.seed)
-    ckpt = last_checkpoint(run_dir)
-    if ckpt is not None:
-        epochs_done = torch.load(ckpt, map_location="cpu", weights_only=False)["epoch"] + 1
-        truncate_metrics(run_dir, epochs_done)
-        print(f"[{name}] resuming from {ckpt} (epoch {epochs_done})", flush=True)
-    elif (run_dir / "metrics.csv").exists():
-        (run_dir / "metrics.csv").unlink()  # left by a run that crashed before its first checkpoint
+    run_dirs = [d for _, d in todo]
+    states = _resume_point(todo, name)
+    ckpt_path = None
+    if states is not None:
+        ckpt_path = last_checkpoint(run_dirs[0])
+        if len(states) > 1:  # an ensemble resumes from its members' files joined into one
+            ckpt_path = run_dirs[0] / "checkpoints" / "ensemble_resume.ckpt"
+            torch.save(join_checkpoints(states), ckpt_path)
 
-    logger = make_logger(cfg, run_dir, name)
+    label = name if len(todo) == 1 else f"{name} seeds {','.join(str(c.seed) for c, _ in todo)}"
+    logger = make_logger(cfg if len(todo) > 1 else todo[0][0], run_dirs[0], label)
     trainer = pl.Trainer(**OmegaConf.to_container(cfg.trainer, resolve=True), logger=logger or False,
-                         callbacks=make_callbacks(cfg, run_dir, name), default_root_dir=str(run_dir),
+                         callbacks=make_callbacks(cfg, run_dirs, label), default_root_dir=str(run_dirs[0]),
                          enable_checkpointing=False, enable_progress_bar=False,
                          enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0)
     t0 = time.perf_counter()
+    summaries = {}
     try:
-        trainer.fit(module, ckpt_path=str(ckpt) if ckpt else None)
+        trainer.fit(module, ckpt_path=str(ckpt_path) if ckpt_path else None)
         fit_time = time.perf_counter() - t0
-        summary = final_summary(cfg, module, name, time.perf_counter() - t0)
-        summary["fit_time_s"] = round(fit_time, 4)
-        write_json_atomic(summary_path(run_dir), summary)
+        for (member_cfg, d), member in zip(todo, module.members()):
+            summary = final_summary(member_cfg, member, module.data, time.perf_counter() - t0)
+            summary["fit_time_s"] = round(fit_time, 4)
+            summary["ensemble_size"] = len(todo)
+            write_json_atomic(summary_path(d), summary)
+            summaries[d] = summary
+            print(f"[{name}] seed {member_cfg.seed} done: train acc {100 * summary['train_acc']:.2f}%  "
+                  f"test acc {100 * summary['test_acc']:.2f}%  loss {summary['train_loss']:.4g}  -> {d}",
+                  flush=True)
     finally:
         finish_logger(logger)
-    print(f"[{name}] done: train acc {100 * summary['train_acc']:.2f}%  test acc "
-          f"{100 * summary['test_acc']:.2f}%  loss {summary['train_loss']:.4g}  -> {run_dir}", flush=True)
-    return summary
+        if ckpt_path is not None and ckpt_path.name == "ensemble_resume.ckpt":
+            ckpt_path.unlink(missing_ok=True)
+    return summaries
 
 
 @contextlib.contextmanager
@@ -158,7 +227,8 @@ def main(cfg: DictConfig) -> float | None:
     run_dir = Path(hc.runtime.output_dir)
     try:
         with job_device(cfg, hc):
-            return train(cfg, run_dir)["test_acc"]
+            result = train(cfg, run_dir)
+        return result["test_acc"] if isinstance(result, dict) else [r["test_acc"] for r in result]
     except Exception as e:  # noqa: BLE001  (recorded, then reported below)
         if not isinstance(e, (RunDirConflict, RunDirBusy)):  # that directory is another run's
             record_failure(run_dir, e)
@@ -173,5 +243,24 @@ def main(cfg: DictConfig) -> float | None:
         raise
 
 
+def expand_seed_ranges(argv: list[str]) -> list[str]:
+    """`seeds=range(20)` means the list 0..19 here, in single runs and sweeps alike.
+
+    (Hydra would read range() as a sweep over single seeds; an ensemble wants the list.)
+    Example:
+        >>> expand_seed_ranges(["seeds=range(2,5)", "seed=range(3)"])
+        ['seeds=[2,3,4]', 'seed=range(3)']
+    """
+    out = []
+    for arg in argv:
+        m = re.fullmatch(r"(\+?seeds)=range\((\d+)(?:,\s*(\d+))?\)", arg)
+        if m:
+            lo, hi = (0, int(m[2])) if m[3] is None else (int(m[2]), int(m[3]))
+            arg = f"{m[1]}=[{','.join(map(str, range(lo, hi)))}]"
+        out.append(arg)
+    return out
+
+
 if __name__ == "__main__":
+    sys.argv = expand_seed_ranges(sys.argv)
     main()
