@@ -110,6 +110,9 @@ def test_use_point_tables_match_published_and_paired_test(full):
     # the stale first sweep (accuracy 10%) was overridden by the later rows
     assert relu.loc[-5.0, "mean_pct"] == pytest.approx(97.78 - 0.05, abs=0.06)
     assert relu.loc[-5.0, "published_pct"] == 97.78 and relu.loc[-5.0, "magnitude_used"] == pytest.approx(-0.05)
+    # per-unit rows (unit 5 at +-10%, accuracy 20%) and test-set rows (3 pp lower) stay out of the table
+    assert relu.loc[10.0, "mean_pct"] == pytest.approx(96.31 - 0.05, abs=0.06)
+    assert relu.loc[-10.0, "mean_pct"] == pytest.approx(96.55 - 0.05, abs=0.06)
     # the paired t-test against each run's own baseline, recomputed from the CSV files
     pert = pd.concat(pd.read_csv(p).drop_duplicates(["kind", "magnitude", "split", "unit"], keep="last")
                      for p in sorted(root.glob("use_distance_metrics/*/ReLU_Bias/seed*/perturbation.csv")))
@@ -208,17 +211,25 @@ def test_cli_subprocess(tmp_path):
     make_learn_runs(tmp_path / "runs", ("ReLU", "Abs", "ReLU2"))
     env = {**os.environ, "WANDB_MODE": "disabled"}
     cmd = [sys.executable, "-m", "dmlight.report", str(tmp_path / "runs"), f"report.out={tmp_path / 'r'}",
-           "report.pairs=ReLU2:Abs", "report.wandb=false"]
+           "report.pairs=ReLU2:Abs", "report.wandb=false", "report.same_pp=0.5"]
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
     assert done.returncode == 0, done.stderr
     for stage in ("runs found: 9", "tables written", "figures written", "scorecard:", f"report: {tmp_path / 'r'}"):
         assert stage in done.stdout, stage
     pairs = pd.read_csv(tmp_path / "r" / "tables" / "learn_pairs.csv")
     assert ("ReLU2", "Abs") in set(zip(pairs.a, pairs.b))
+    card = pd.read_csv(tmp_path / "r" / "scorecard.csv")
+    assert card.threshold.str.contains("same_pp=0.5 pp").any()
     with pytest.raises(SystemExit, match="unknown option 'report.colour'"):
         report.main([str(tmp_path / "runs"), "report.colour=red"])
     with pytest.raises(SystemExit, match="not 'A:B'"):
         report.main([str(tmp_path / "runs"), "report.pairs=ReLU-Abs"])
+
+
+def test_report_imports_neither_torch_nor_wandb():
+    code = "import sys, dmlight.report, dmlight.stats; print(sorted({'torch', 'wandb'} & set(sys.modules)))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "[]", done.stdout + done.stderr
 
 
 def test_wandb_payload_and_mode(tmp_path, monkeypatch, full):
@@ -243,19 +254,44 @@ def test_wandb_payload_and_mode(tmp_path, monkeypatch, full):
     assert report.wandb_mode() == "disabled"
 
 
-def test_wandb_offline_run_is_written(tmp_path, monkeypatch):
+@pytest.mark.parametrize("mode", ["offline", "disabled"])
+def test_wandb_run_without_an_account(tmp_path, monkeypatch, capsys, mode):
     pytest.importorskip("wandb")
     for var in [v for v in os.environ if v.startswith("WANDB_")]:
         monkeypatch.delenv(var)
+    if mode == "disabled":
+        monkeypatch.setenv("WANDB_MODE", "disabled")
     (tmp_path / "netrc").write_text("")
     monkeypatch.setenv("NETRC", str(tmp_path / "netrc"))
-    monkeypatch.setenv("HOME", str(tmp_path))  # no user settings, no account
+    monkeypatch.setenv("HOME", str(tmp_path))  # no user settings, no account: offline is chosen by itself
     make_learn_runs(tmp_path / "runs", ("ReLU", "Abs"))
     out = build_report([tmp_path / "runs"], wandb=True)
+    assert f"(mode {mode})" in capsys.readouterr().out
     offline = list((out / "wandb").glob("offline-run-*/run-*.wandb"))
-    assert len(offline) == 1 and offline[0].stat().st_size > 0
+    assert len(offline) == (1 if mode == "offline" else 0)
+    assert all(f.stat().st_size > 0 for f in offline)
     # a second report does not mistake W&B's files for runs
     assert len(load_runs([tmp_path / "runs"], skip=[]).incomplete) == 0
+
+
+def test_find_run_dirs_skips_tool_folders_and_containers(tmp_path):
+    def touch(*parts):
+        path = tmp_path.joinpath(*parts)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("x")
+
+    touch("a", "seed0", "config.yaml")  # just started: only its config
+    touch("a", "seed0", "wandb", "run-1", "files", "config.yaml")  # W&B's copy of the config
+    touch("a", "seed0", ".hydra", "config.yaml")  # Hydra's copy
+    touch("b", "seed1", "summary.json")
+    touch("b", "seed1", "lightning_logs", "version_0", "metrics.csv")  # inside a run: belongs to it
+    touch("sweep", "config.yaml")  # a folder of runs that also holds a config is a container
+    touch("sweep", "c", "seed2", "metrics.csv")
+    touch("report", "old", "config.yaml")  # the report's own folder is skipped
+    found = report.find_run_dirs([tmp_path], skip=[tmp_path / "report"])
+    assert found == [tmp_path / "a" / "seed0", tmp_path / "b" / "seed1", tmp_path / "sweep" / "c" / "seed2"]
+    with pytest.raises(FileNotFoundError, match="not a folder"):
+        report.find_run_dirs([tmp_path / "nowhere"])
 
 
 def test_thresholds_are_documented_in_the_module_docstring():
