@@ -168,7 +168,8 @@ def _mnist5k(test_fraction: float = 0.2, split_seed: int = 0) -> dict[str, np.nd
 
 def _synthetic(n_train: int = 600, n_test: int = 200, seed: int = 0) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
-    prototypes = rng.uniform(0, 255, size=(10, 784))
+    # Sparse bright strokes on black, like digits (dense 0..255 inputs make raw-pixel SGD diverge).
+    prototypes = (rng.random((10, 784)) < 0.15) * 255.0
 
     def draw(n):
         y = np.arange(n) % 10
