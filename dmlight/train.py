@@ -12,6 +12,7 @@ import logging
 import re
 import sys
 import time
+import traceback
 import warnings
 from pathlib import Path
 
@@ -235,6 +236,8 @@ def main(cfg: DictConfig) -> float | None:
         if hc.mode == RunMode.MULTIRUN:
             # One failed point must not stop the sweep; SweepReport lists failures at the end.
             record_sweep_failure(Path(hc.sweep.dir), run_dir, e)
+            if not isinstance(e, UserError):  # a bug, not bad input: keep its traceback
+                traceback.print_exc()
             print(f"FAILED {run_dir}: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
             return None
         if isinstance(e, UserError):
