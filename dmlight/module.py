@@ -69,6 +69,14 @@ class Ensemble(nn.Module):
         self.n_members = len(members)
         self.name = members[0].name
 
+    @property
+    def site(self) -> str:
+        return self._template[0].site
+
+    @property
+    def hidden_units(self) -> int:
+        return self._template[0].hidden_units
+
     def stacked(self) -> dict[str, torch.Tensor]:
         return {n: getattr(self, n.replace(".", "__")) for n in self.param_names}
 

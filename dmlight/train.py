@@ -97,11 +97,12 @@ def final_summary(cfg: DictConfig, net, data, seconds: float) -> dict:
     }
 
 
-def train(cfg: DictConfig, run_dir: str | Path) -> dict | list[dict]:
+def train(cfg: DictConfig, run_dir: str | Path, callbacks: list[pl.Callback] = ()) -> dict | list[dict]:
     """Train (or resume, or skip if complete) the run `cfg` describes, in `run_dir`.
 
     With `cfg.seeds` set, trains those seeds as one stacked ensemble; each member writes the
     run directory its solo run would (`member_dir`), and a list of summaries comes back.
+    `callbacks` are extra Lightning callbacks (timers, probes) added to the Trainer.
     Example:
         >>> summary = train(compose_config(["data=synthetic", "trainer.max_epochs=5"]), "/tmp/r")  # doctest: +SKIP
     """
@@ -115,11 +116,12 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict | list[dict]:
     with contextlib.ExitStack() as locks:
         for _, d in members:
             locks.enter_context(RunLock(d))
-        summaries = _train_locked(cfg, members)
+        summaries = _train_locked(cfg, members, list(callbacks))
     return summaries[0] if cfg.get("seeds") is None else summaries
 
 
-def _train_locked(cfg: DictConfig, members: list[tuple[DictConfig, Path]]) -> list[dict]:
+def _train_locked(cfg: DictConfig, members: list[tuple[DictConfig, Path]],
+                  callbacks: list[pl.Callback]) -> list[dict]:
     name = _config.model_name(cfg)
     done, todo = {}, []
     for member_cfg, d in members:
@@ -131,7 +133,7 @@ def _train_locked(cfg: DictConfig, members: list[tuple[DictConfig, Path]]) -> li
             (d / "failed.json").unlink(missing_ok=True)
             todo.append((member_cfg, d))
     if todo:
-        for d, summary in _fit(cfg, todo, name).items():
+        for d, summary in _fit(cfg, todo, name, callbacks).items():
             done[d] = summary
     return [done[d] for _, d in members]
 
@@ -158,7 +160,8 @@ def _resume_point(todo: list[tuple[DictConfig, Path]], name: str) -> list[dict] 
     return states
 
 
-def _fit(cfg: DictConfig, todo: list[tuple[DictConfig, Path]], name: str) -> dict[Path, dict]:
+def _fit(cfg: DictConfig, todo: list[tuple[DictConfig, Path]], name: str,
+         callbacks: list[pl.Callback]) -> dict[Path, dict]:
     if cfg.run.get("num_threads"):
         torch.set_num_threads(cfg.run.num_threads)
     data = load_data_cfg(cfg.data)
@@ -178,7 +181,7 @@ def _fit(cfg: DictConfig, todo: list[tuple[DictConfig, Path]], name: str) -> dic
     label = name if len(todo) == 1 else f"{name} seeds {','.join(str(c.seed) for c, _ in todo)}"
     logger = make_logger(cfg if len(todo) > 1 else todo[0][0], run_dirs[0], label)
     trainer = pl.Trainer(**OmegaConf.to_container(cfg.trainer, resolve=True), logger=logger or False,
-                         callbacks=make_callbacks(cfg, run_dirs, label), default_root_dir=str(run_dirs[0]),
+                         callbacks=make_callbacks(cfg, run_dirs, label) + callbacks, default_root_dir=str(run_dirs[0]),
                          enable_checkpointing=False, enable_progress_bar=False,
                          enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0)
     t0 = time.perf_counter()
