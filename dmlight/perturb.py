@@ -1,0 +1,80 @@
+"""Perturb a saved run again: `python -m dmlight.perturb run_dir=<run> perturbation=<grid>`.
+
+Examples:
+    python -m dmlight.perturb run_dir=outputs/use_distance_metrics/mnist5k-raw/ReLU_Bias/seed0 perturbation=offset
+    python -m dmlight.perturb run_dir=<run> perturbation=use_table perturbation.splits=[train,test]
+    python -m dmlight.perturb -m run_dir=<run> perturbation=use perturbation.kinds=[offset] \
+        perturbation.magnitude=-0.02,0.02
+    python -m dmlight.perturb -m run_dir=<LEARN run> perturbation=learn 'perturbation.unit=range(128)'
+
+Every point appends one row to <run_dir>/perturbation.csv (rows already there are never
+rewritten; a reader takes the last row of a repeated point) and unit_ranges.csv is refreshed.
+A bad request ends with a one-paragraph message and exit status 2.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import hydra
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from dmlight.data import DataError, Splits
+from dmlight.errors import UserError
+from dmlight.perturbation import PerturbationError, append_results, run_sweep, sweep_points, write_unit_ranges
+from dmlight.runs import is_complete, last_checkpoint, load_run
+
+EXAMPLE = ("python -m dmlight.perturb run_dir=outputs/use_distance_metrics/mnist5k-raw/ReLU_Bias/seed0 "
+           "perturbation=use")
+
+
+def perturb(run_dir: str | Path, cfg, device: str = "auto", log=print) -> list[dict]:
+    """Run the sweep `cfg` (a `perturbation` config) on the saved run in `run_dir`; append its rows.
+
+    Example:
+        >>> rows = perturb("outputs/use_distance_metrics/mnist5k-raw/ReLU_Bias/seed0",  # doctest: +SKIP
+        ...                compose_config(["perturbation=offset"]).perturbation)
+    """
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").is_file():
+        why = "does not exist" if not run_dir.exists() else "is not a dmlight run directory (no config.yaml)"
+        raise PerturbationError(f"run_dir={run_dir} {why}. Pass a run made by `python -m dmlight.train`, "
+                                f"e.g. {EXAMPLE}")
+    if not is_complete(run_dir) or last_checkpoint(run_dir) is None:
+        raise PerturbationError(f"run_dir={run_dir} holds no complete run (no summary.json with status "
+                                "complete, or no checkpoints/last.ckpt): it crashed or is still training. "
+                                "Rerun its training command to finish it, then perturb it.")
+    run = load_run(run_dir)
+    try:  # a bad request fails before the data loads
+        sweep_points(cfg, run.model.site, run.model.hidden_units)
+    except PerturbationError as e:
+        raise PerturbationError(f"run_dir={run_dir} ({run.model.name}): {e}") from None
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    net = run.model.to(device)
+    if log:
+        log(f"[perturb] {run.model.name} seed {run.cfg.seed}: {run_dir}")
+    rows, ranges = run_sweep(net, Splits(*run.data(device)), cfg, log=log)
+    write_unit_ranges(run_dir, ranges)
+    append_results(run_dir, rows)
+    if log:
+        log(f"[perturb] appended {len(rows)} rows to {run_dir / 'perturbation.csv'}")
+    return rows
+
+
+@hydra.main(config_path="../conf", config_name="perturb", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    try:
+        if OmegaConf.is_missing(cfg, "run_dir"):
+            raise PerturbationError(f"run_dir is not set: say which run to perturb, e.g. {EXAMPLE}")
+        if cfg.get("num_threads"):
+            torch.set_num_threads(int(cfg.num_threads))
+        perturb(cfg.run_dir, cfg.perturbation, cfg.get("device", "auto"))
+    except (UserError, DataError) as e:  # bad input: the message says what to do
+        print(f"dmlight.perturb: error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
