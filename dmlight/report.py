@@ -1217,6 +1217,9 @@ def build_report(dirs, out=None, wandb: bool = False, pairs=None, thresholds: Th
                      {"dirs": [str(d) for d in dirs], "thresholds": {f.name: getattr(thresholds, f.name)
                                                                       for f in fields(thresholds)}})
     _log(f"report: {md}")
+    for fig in figures:
+        if fig.name == "perturbation.png":
+            _log(f"perturbation figure: {fig}")
     return out
 
 
