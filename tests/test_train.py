@@ -121,3 +121,37 @@ def test_wandb_offline_logs_without_an_account(tmp_path):
     assert "wandb sync" in res.stdout
     offline = list((tmp_path / "run" / "wandb").glob("offline-run-*"))
     assert len(offline) == 1 and (tmp_path / "run" / "summary.json").exists()
+
+
+def test_mini_batches_and_thinned_test_evaluation(tmp_path):
+    cfg = train_cfg("data=mnist5k", "data.batch_size=500", "eval_every=4", "trainer.max_epochs=10",
+                    "optimizer.lr=0.0005", "logger=csv")
+    summary = train(cfg, tmp_path)
+    rows = read_metrics(tmp_path)
+    assert len(rows) == 10 and all(r["train_acc"] for r in rows)
+    assert [int(r["epoch"]) for r in rows if r["test_acc"]] == [4, 8, 10]  # every 4th, and the last
+    assert summary["train_acc"] > 0.85  # 80 mini-batch steps learn more than 10 full-batch ones would
+    lightning_csv = tmp_path / "csv_logs" / "metrics.csv"
+    assert lightning_csv.exists() and "train/loss" in lightning_csv.read_text().splitlines()[0]
+
+
+def test_a_failed_sweep_point_does_not_stop_the_others_and_is_listed(tmp_path):
+    # experiment_name is swept too: the sweep dir then differs per job, and failures must still be found.
+    res = run_module("dmlight.train", "-m", "data=mnist,synthetic", "experiment_name=a,b", "data.download=false",
+                     f"data.data_dir={tmp_path}/no_mnist", "trainer.max_epochs=10", f"paths.output_dir={tmp_path}")
+    assert res.returncode == 1
+    complete = sorted(str(p.relative_to(tmp_path).parts[:2]) for p in tmp_path.glob("*/*/*/seed0/summary.json"))
+    assert complete == ["('a', 'synthetic-raw')", "('b', 'synthetic-raw')"]
+    assert "2 run(s) of this sweep failed" in res.stderr
+    assert res.stderr.count("DataError: MNIST not found") >= 2
+    failed = [json.loads(p.read_text()) for p in tmp_path.glob("*/mnist-raw/*/seed0/failed.json")]
+    assert [f["error"] for f in failed] == ["DataError", "DataError"]
+    assert not list((tmp_path / ".sweeps").iterdir())  # the sweep cleaned up its failure records
+
+
+def test_trainer_configs_for_cpu_gpu_and_ddp():
+    assert train_cfg("trainer=cpu").trainer.accelerator == "cpu"
+    gpu = train_cfg("trainer=gpu", "trainer.accelerator=gpu").trainer
+    assert (gpu.accelerator, gpu.devices) == ("gpu", 1)
+    ddp = train_cfg("trainer=ddp", "trainer.accelerator=gpu").trainer
+    assert (ddp.strategy, ddp.devices, ddp.max_epochs) == ("ddp", -1, 5000)
