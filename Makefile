@@ -41,7 +41,10 @@ report: install
 # ---- Full reproduction: the papers' settings exactly (full MNIST, 20 seeds, 5,000 / 50,000
 # epochs). Each job trains 20 seeds as one ensemble; hydra/launcher=gpus runs one job per GPU.
 # Resumable: rerun the same target after a crash. Needs MNIST's IDX files (see README).
-FULL     := data=mnist 'seeds=range(20)' hydra/launcher=gpus paths.output_dir=outputs/full $(ARGS)
+FULL_RUN := data=mnist hydra/launcher=gpus paths.output_dir=outputs/full $(ARGS)
+FULL     := 'seeds=range(20)' $(FULL_RUN)
+# OffsetL2 keeps a (seeds x rows x 10 x 128) tensor per step: 4 ensembles of 5 seeds fit one GPU.
+SEED_GROUPS := 'seeds=[0,1,2,3,4],[5,6,7,8,9],[10,11,12,13,14],[15,16,17,18,19]'
 TRAIN    := $(PY) -m dmlight.train -m
 
 reproduce-use: install
@@ -54,7 +57,7 @@ reproduce-bias: install
 	$(TRAIN) experiment=learn_bias arch=mlp,mlp2,mlp2_neg activation=relu,abs $(FULL)
 
 reproduce-offset-l2: install
-	$(TRAIN) experiment=offset_l2 arch=offset_l2,offset_l2_neg activation=relu,abs $(FULL)
+	$(TRAIN) experiment=offset_l2 arch=offset_l2,offset_l2_neg activation=relu,abs $(SEED_GROUPS) $(FULL_RUN)
 
 reproduce: reproduce-use reproduce-learn reproduce-bias reproduce-offset-l2
 	$(PY) -m dmlight.report outputs/full

@@ -8,10 +8,10 @@ the same settings; throughput is member-epochs per second. Goal on a 2-core CPU:
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import time
 
+from results import save  # bench/results.py (scripts run from bench/ on sys.path)
 from dmlight.config import compose_config
 from dmlight.train import member_dir, train
 
@@ -41,9 +41,7 @@ def main() -> dict:
               "ensemble_member_epochs_per_s": work / ens, "ratio": solo / ens}
     print(f"ensemble speed ({args.data}, {args.seeds} seeds x {args.epochs} epochs): {args.seeds} solo runs "
           f"{solo:.1f} s, one ensemble {ens:.1f} s, throughput ratio {solo / ens:.2f}x (goal >= 1.3x)")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=2)
+    save(result, args.json)
     return result
 
 

@@ -11,13 +11,13 @@ and checks that every point's accuracy is identical.
 from __future__ import annotations
 
 import argparse
-import json
 import resource
 import time
 
 import torch
 import torch.nn.functional as F
 
+from results import save  # bench/results.py (scripts run from bench/ on sys.path)
 from dmlight.config import compose_config
 from dmlight.data import load_data
 from dmlight.perturbation import FastSweep, UnitRanges, perturbation_values, stack_values, sweep_points
@@ -104,9 +104,7 @@ def main() -> dict:
           f"({result['fast_ms_per_point']:.2f} ms/point, best of {args.repeats}), ratio {result['ratio']:.1f}x "
           f"(goal >= 30x), accuracies identical: {'yes' if identical else f'NO ({mismatches} points differ)'}, "
           f"peak RSS {peak_rss_mb:.0f} MB")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=2)
+    save(result, args.json)
     return result
 
 

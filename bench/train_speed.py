@@ -9,7 +9,6 @@ accuracy after the step. Prints the ratio dmlight / plain (goal: <= 1.05).
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import time
 
@@ -17,6 +16,7 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 
+from results import save  # bench/results.py (scripts run from bench/ on sys.path)
 from dmlight.config import compose_config
 from dmlight.data import load_data
 from dmlight.train import build_network, train
@@ -85,9 +85,7 @@ def main() -> dict:
           f"ms/epoch in the epoch loop, ratio {result['ratio']:.3f} (goal <= 1.05); "
           f"{result['dmlight_fit_ms_per_epoch']:.2f} ms/epoch counting fit() set-up and the final "
           f"checkpoint, ratio {result['ratio_with_setup']:.3f}")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=2)
+    save(result, args.json)
     return result
 
 

@@ -1,0 +1,30 @@
+"""The benchmarks run and write what the notes quote (their speeds are never asserted)."""
+import json
+import subprocess
+import sys
+
+from tests.conftest import REPO
+
+
+def bench(script, *args, tmp_path):
+    out = tmp_path / "sub" / "result.json"  # the folder does not exist yet: the script makes it
+    res = subprocess.run([sys.executable, f"bench/{script}", *args, "--json", str(out)], cwd=REPO,
+                         capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    return res.stdout, json.loads(out.read_text())
+
+
+def test_train_speed_bench(tmp_path):
+    stdout, r = bench("train_speed.py", "--epochs", "5", "--repeats", "1", tmp_path=tmp_path)
+    assert "ratio" in stdout and r["plain_ms_per_epoch"] > 0 and r["ratio"] > 0
+
+
+def test_ensemble_speed_bench(tmp_path):
+    stdout, r = bench("ensemble_speed.py", "--seeds", "2", "--epochs", "5", tmp_path=tmp_path)
+    assert "throughput ratio" in stdout and r["seeds"] == 2 and r["ratio"] > 0
+
+
+def test_perturb_speed_bench_checks_identical_accuracies(tmp_path):
+    stdout, r = bench("perturb_speed.py", "--data", "mnist5k", "--steps", "5", "--repeats", "1", tmp_path=tmp_path)
+    assert r["points"] == 325 and r["rows"] == 4000
+    assert r["identical"] is True and "identical: yes" in stdout
