@@ -144,12 +144,13 @@ def build_model(arch: str, activation: str, head_bias: bool = False, hidden: int
 
 
 @torch.no_grad()
-def unit_counts(net: Network, x: torch.Tensor, dead_tol: float = 1e-6,
-                rare_fraction: float = 0.01) -> dict[str, dict[str, int]]:
+def unit_counts(net: Network, x: torch.Tensor, dead_tol: float = 1e-6, rare_fraction: float = 0.01,
+                return_output: bool = False):
     """Dead and rarely-active units of each activation layer on inputs `x`.
 
     dead: |activation| <= 1e-6 on every sample. rare: active (above that) on at least one
-    sample but on fewer than 1% of them; dead units are not counted as rare.
+    sample but on fewer than 1% of them; dead units are not counted as rare. With
+    `return_output`, also the network's output on `x` (the same forward pass).
 
     Example:
         >>> unit_counts(build_model("mlp2", "relu"), torch.zeros(8, 784))["activation"]["n"]
@@ -164,4 +165,4 @@ def unit_counts(net: Network, x: torch.Tensor, dead_tol: float = 1e-6,
             dead = int((active == 0).sum())
             rare = int(((active > 0) & (active < rare_fraction)).sum())
             counts[name] = {"n": h.shape[1], "dead": dead, "rare": rare}
-    return counts
+    return (counts, h) if return_output else counts

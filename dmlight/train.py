@@ -78,8 +78,9 @@ def make_callbacks(cfg: DictConfig, run_dirs: list[Path], name: str) -> list[pl.
 def final_summary(cfg: DictConfig, net, data, seconds: float) -> dict:
     """summary.json of a finished run, measured on the final network."""
     net.to(data.x_train.device).eval()
-    with torch.no_grad():
-        logits = {split: net(data.split(split)[0]) for split in ("train", "test")}
+    units, logits = {}, {}
+    for split in ("train", "test"):  # one forward pass per split gives the units and the logits
+        units[split], logits[split] = unit_counts(net, data.split(split)[0], return_output=True)
     y_train, y_test = data.y_train, data.y_test
     return {
         "status": "complete", "experiment": cfg.experiment_name, "model_name": _config.model_name(cfg),
@@ -90,8 +91,7 @@ def final_summary(cfg: DictConfig, net, data, seconds: float) -> dict:
         "train_loss": torch.nn.functional.cross_entropy(logits["train"], y_train).item(),
         "train_acc": accuracy(logits["train"], y_train).item(),
         "test_acc": accuracy(logits["test"], y_test).item(),
-        "units": {layer: {split: unit_counts(net, data.split(split)[0])[layer] for split in ("train", "test")}
-                  for layer in net.activation_layers()},
+        "units": {layer: {split: units[split][layer] for split in units} for layer in units["train"]},
         "wall_time_s": round(seconds, 3), "device": str(data.x_train.device),
         "torch_threads": torch.get_num_threads(),
     }
