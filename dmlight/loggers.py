@@ -8,15 +8,17 @@ from __future__ import annotations
 import netrc
 import os
 from pathlib import Path
+from urllib.parse import urlparse
 
 from omegaconf import DictConfig, OmegaConf
 
 
 def wandb_mode(requested: str | None = None) -> str:
-    """'online' only when an account is configured; otherwise 'offline' (or what the user set).
+    """The W&B mode: `requested` or WANDB_MODE if set, 'online' with an account (WANDB_API_KEY,
+    or a ~/.netrc entry for the W&B host), else 'offline' (`wandb sync` can upload later).
 
     Example:
-        >>> os.environ.pop("WANDB_API_KEY", None); wandb_mode("disabled")
+        >>> wandb_mode("disabled")
         'disabled'
     """
     mode = requested or os.environ.get("WANDB_MODE")
@@ -24,12 +26,12 @@ def wandb_mode(requested: str | None = None) -> str:
         return mode
     if os.environ.get("WANDB_API_KEY"):
         return "online"
+    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname
     try:
-        if netrc.netrc().authenticators("api.wandb.ai"):
-            return "online"
-    except (FileNotFoundError, netrc.NetrcParseError):
-        pass
-    return "offline"
+        has_entry = netrc.netrc(os.environ.get("NETRC")).authenticators(host) is not None
+    except (OSError, netrc.NetrcParseError):
+        has_entry = False
+    return "online" if has_entry else "offline"
 
 
 def make_logger(cfg: DictConfig, run_dir: Path, name: str):

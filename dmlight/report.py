@@ -66,6 +66,7 @@ import numpy as np
 import pandas as pd
 
 from dmlight import published as pub
+from dmlight.loggers import wandb_mode  # noqa: F401  (also report.wandb_mode, for callers)
 from dmlight.stats import cohens_d, independent_ttest, independent_ttest_from_stats, mean_ci, mean_std, paired_ttest
 
 
@@ -1116,27 +1117,6 @@ def write_markdown(out: Path, dirs, data: Runs, tables: dict, card: pd.DataFrame
 
 
 # ----------------------------------------------------------------------------- W&B
-
-def wandb_mode() -> str:
-    """The W&B mode to use: WANDB_MODE if set, 'online' with an API key (WANDB_API_KEY or a ~/.netrc entry
-    for the W&B host), else 'offline' (nothing leaves the machine; `wandb sync` can upload later).
-
-        >>> wandb_mode()  # doctest: +SKIP
-        'offline'
-    """
-    if os.environ.get("WANDB_MODE"):
-        return os.environ["WANDB_MODE"]
-    if os.environ.get("WANDB_API_KEY"):
-        return "online"
-    import netrc
-    from urllib.parse import urlparse
-    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname
-    try:
-        has_entry = netrc.netrc(os.environ.get("NETRC")).authenticators(host) is not None
-    except (OSError, netrc.NetrcParseError):
-        has_entry = False
-    return "online" if has_entry else "offline"
-
 
 def wandb_payload(tables: dict, figures: list[Path], card: pd.DataFrame) -> dict:
     """What the report logs to W&B, without touching wandb: {"tables": {name: frame}, "images": {name: png path},
