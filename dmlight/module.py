@@ -45,6 +45,16 @@ def accuracy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
                                validate_args=False)
 
 
+def member_accuracies(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Top-1 accuracy of every member at once: logits (members, n, classes) -> (members,).
+
+    The per-epoch path: one argmax for all members, where torchmetrics would take a call
+    per member. It counts exactly what `accuracy` (torchmetrics micro accuracy) counts; a
+    test holds the two equal, and the final summary uses `accuracy`.
+    """
+    return (logits.argmax(-1) == y).sum(-1) / y.shape[0]
+
+
 class Ensemble(nn.Module):
     """Several networks of one architecture trained as one stacked model (one member per seed).
 
@@ -158,6 +168,14 @@ class DistanceModule(pl.LightningModule):
         self.n_members = net.n_members if isinstance(net, Ensemble) else 1
         self.history: torch.Tensor | None = None
 
+    def __setattr__(self, name: str, value) -> None:
+        # Lightning sets `_current_fx_name` twice around every hook call (~40 times an
+        # epoch); it is a plain string, so skip nn.Module's parameter/buffer/module checks.
+        if name == "_current_fx_name":
+            object.__setattr__(self, name, value)
+        else:
+            super().__setattr__(name, value)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits with a leading member axis: (members, n, classes)."""
         out = self.net(x)
@@ -180,14 +198,11 @@ class DistanceModule(pl.LightningModule):
     def train_dataloader(self):
         return Batches(self.data.x_train, self.data.y_train, self.batch_size, self.seed)
 
-    @staticmethod
-    def _losses(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def _losses(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         # Per member, the very call a solo run makes, so members match solo runs.
+        if self.n_members == 1:
+            return F.cross_entropy(logits[0], y).unsqueeze(0)
         return torch.stack([F.cross_entropy(member, y) for member in logits])
-
-    @staticmethod
-    def _accuracies(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return torch.stack([accuracy(member, y) for member in logits])
 
     def training_step(self, batch, batch_idx):
         x, y = batch
@@ -195,12 +210,14 @@ class DistanceModule(pl.LightningModule):
         logits = self(x)
         losses = self._losses(logits, y)
         opt.zero_grad(set_to_none=True)
+        # Lightning's own backward and step: they keep precision plugins, DDP and the step
+        # count right. Skipping them for the raw optimizer measured < 0.3% faster; not worth it.
         self.manual_backward(losses.sum() if self.n_members > 1 else losses[0])
         opt.step()
         if not self.batch_size:
             # Full batch: this forward pass already measured the whole training set.
             self._record(0, losses.detach())
-            self._record(1, self._accuracies(logits.detach(), y))
+            self._record(1, member_accuracies(logits.detach(), y))
         if batch_idx == self.trainer.num_training_batches - 1:
             self._end_of_epoch()
         return None
@@ -215,14 +232,17 @@ class DistanceModule(pl.LightningModule):
             self._record(1, acc)
         last = self.trainer.max_epochs is not None and epoch + 1 >= self.trainer.max_epochs
         if (epoch + 1) % self.eval_every == 0 or last:
-            self._record(2, self.evaluate("test")[1])
+            self._record(2, self.evaluate("test", loss=False)[1])
 
     def _record(self, column: int, values: torch.Tensor) -> None:
         self.history[:, self.current_epoch, column] = values
 
     @torch.no_grad()
-    def evaluate(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """(loss, accuracy) per member of the current network(s) on a whole split."""
+    def evaluate(self, split: str, loss: bool = True) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """(loss, accuracy) per member of the current network(s) on a whole split.
+
+        loss=False skips the loss (None in its place): the test split needs only accuracy.
+        """
         x, y = self.data.split(split)
         logits = self(x)
-        return self._losses(logits, y), self._accuracies(logits, y)
+        return (self._losses(logits, y) if loss else None), member_accuracies(logits, y)

@@ -17,6 +17,8 @@ def bench(script, *args, tmp_path):
 def test_train_speed_bench(tmp_path):
     stdout, r = bench("train_speed.py", "--epochs", "5", "--repeats", "1", tmp_path=tmp_path)
     assert "ratio" in stdout and r["plain_ms_per_epoch"] > 0 and r["ratio"] > 0
+    assert r["identical"] is True and "identical metrics: yes" in stdout
+    assert r["lightning_floor_ms_per_epoch"] > 0 and "floor" in stdout
 
 
 def test_ensemble_speed_bench(tmp_path):

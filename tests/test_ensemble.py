@@ -114,3 +114,17 @@ def test_checkpoint_split_and_join_are_inverses():
 def test_seed_ranges_become_lists_for_hydra():
     assert expand_seed_ranges(["seeds=range(3)", "seeds=range(2, 4)", "seed=range(3)", "+seeds=range(1)"]) == [
         "seeds=[0,1,2]", "seeds=[2,3]", "seed=range(3)", "+seeds=[0]"]
+
+
+def test_per_epoch_member_accuracies_equal_torchmetrics_per_member():
+    """The per-epoch path scores all members in one op; it must count what torchmetrics counts."""
+    from dmlight.module import accuracy, member_accuracies
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(4, 257, 10, generator=g)
+    logits[1, :50] = 0.0  # all-equal rows: ties go to the first class in both
+    y = torch.randint(0, 10, (257,), generator=g)
+    got = member_accuracies(logits, y)
+    want = torch.stack([accuracy(m, y) for m in logits])
+    assert got.shape == (4,) and torch.equal(got, want)
+    assert 0.0 < got.min() and got.max() < 0.5  # random logits: near 10%, not a degenerate 0 or 1
