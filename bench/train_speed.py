@@ -19,6 +19,9 @@ is printed as a cross-check.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
+import logging
 import statistics
 import tempfile
 import time
@@ -102,7 +105,7 @@ def dmlight_loop(cfg, epochs: int) -> tuple[float, float, torch.Tensor]:
     """(per-epoch seconds over the whole fit(), per-epoch seconds of the epoch loop alone,
     history as metrics.csv holds it)."""
     timer = LoopTimer()
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, contextlib.redirect_stdout(io.StringIO()):  # quiet: 2N+1 runs
         summary = train(cfg, tmp, callbacks=[timer])
         rows = read_metrics(tmp)
     history = torch.tensor([[float(r[k]) for k in METRICS_COLUMNS[1:]] for r in rows])
@@ -116,6 +119,7 @@ def main() -> dict:
     ap.add_argument("--repeats", type=int, default=20)
     ap.add_argument("--json")
     args = ap.parse_args()
+    logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)  # no "GPU available" per trial
     cfg = compose_config([f"data={args.data}", "experiment=use_distance_metrics", "perturbation=none",
                           f"trainer.max_epochs={args.epochs}", "trainer.accelerator=cpu",
                           "run.progress_every=0", "run.checkpoint_every=1000000"])
