@@ -24,6 +24,8 @@ def test_train_speed_bench(tmp_path):
 def test_ensemble_speed_bench(tmp_path):
     stdout, r = bench("ensemble_speed.py", "--seeds", "2", "--epochs", "5", tmp_path=tmp_path)
     assert "throughput ratio" in stdout and r["seeds"] == 2 and r["ratio"] > 0
+    # The bound: the unshareable matrix products are part of a solo epoch, never more.
+    assert 0 < r["matmul_ms_per_epoch"] < r["solo_ms_per_epoch"] and r["max_ratio"] > 1 and "at most" in stdout
 
 
 def test_perturb_speed_bench_checks_identical_accuracies(tmp_path):
