@@ -3,6 +3,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from tests.conftest import REPO
 
 
@@ -24,8 +26,10 @@ def test_train_speed_bench(tmp_path):
 def test_ensemble_speed_bench(tmp_path):
     stdout, r = bench("ensemble_speed.py", "--seeds", "2", "--epochs", "5", tmp_path=tmp_path)
     assert "throughput ratio" in stdout and r["seeds"] == 2 and r["ratio"] > 0
-    # The bound: the unshareable matrix products are part of a solo epoch, never more.
-    assert 0 < r["matmul_ms_per_epoch"] < r["solo_ms_per_epoch"] and r["max_ratio"] > 1 and "at most" in stdout
+    # The bound is the solo epoch over the unshareable matrix products, as printed (no timing asserted).
+    assert r["matmul_ms_per_epoch"] > 0 and r["solo_ms_per_epoch"] == pytest.approx(1e3 * r["solo_s"] / (2 * 5))
+    assert r["max_ratio"] == pytest.approx(r["solo_ms_per_epoch"] / r["matmul_ms_per_epoch"])
+    assert f"at most {r['max_ratio']:.2f}x" in stdout
 
 
 def test_perturb_speed_bench_checks_identical_accuracies(tmp_path):
