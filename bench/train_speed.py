@@ -143,7 +143,9 @@ def main() -> dict:
               "median_pair_ratio": statistics.median(l / p for l, p in zip(loop, plain)),
               "lightning_floor_ms_per_epoch": 1e3 * min(floor), "floor_ratio": min(floor) / min(plain),
               "dmlight_over_floor": min(loop) / min(floor),
-              "identical": identical}
+              "identical": identical,
+              "trials_ms": {"plain": [1e3 * t for t in plain], "floor": [1e3 * t for t in floor],
+                            "dmlight": [1e3 * t for t in loop]}}
     print(f"train speed ({args.data}, {args.epochs} epochs, best of {args.repeats}): plain "
           f"{result['plain_ms_per_epoch']:.2f} ms/epoch; dmlight {result['dmlight_loop_ms_per_epoch']:.2f} "
           f"ms/epoch in the epoch loop, ratio {result['ratio']:.3f} (goal <= 1.05); "

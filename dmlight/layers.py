@@ -96,8 +96,76 @@ class OffsetL2(nn.Module):
         self.alpha = nn.Parameter(torch.ones(out_features, in_features))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        diff = x.unsqueeze(-2) - self.mu  # (..., out, in)
-        return torch.sqrt(torch.clamp((self.alpha * diff * diff).sum(-1), min=self.eps))
+        return offset_l2(x, self.mu, self.alpha)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}"
+
+
+def offset_l2(x: torch.Tensor, mu: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+    """OffsetL2's formula for x (n, in) and mu, alpha (out, in), or stacked for an ensemble:
+    x (members, n, in) and mu, alpha (members, out, in). Output (..., n, out)."""
+    diff = x.unsqueeze(-2) - mu.unsqueeze(-3)  # (..., n, out, in)
+    return torch.sqrt(torch.clamp((alpha.unsqueeze(-3) * diff * diff).sum(-1), min=OffsetL2.eps))
+
+
+class _StackedLinear(torch.autograd.Function):
+    """Every member's `h @ w.T + b` at once; see `stacked_linear`."""
+
+    @staticmethod
+    def forward(ctx, h, weight, bias):
+        ctx.save_for_backward(h, weight)
+        ctx.has_bias = bias is not None
+        members, d_out, d_in = weight.shape
+        if h.ndim == 2:  # the shared input: one matrix product for every member, then members first
+            flat = weight.reshape(members * d_out, d_in).t()
+            y = h.mm(flat) if bias is None else torch.addmm(bias.reshape(-1), h, flat)
+            return y.view(len(h), members, d_out).transpose(0, 1).contiguous()
+        wt = weight.transpose(1, 2)
+        return torch.bmm(h, wt) if bias is None else torch.baddbmm(bias.unsqueeze(1), h, wt)
+
+    @staticmethod
+    def backward(ctx, grad):
+        h, weight = ctx.saved_tensors
+        exact = grad.device.type == "cpu"
+        grad_h = None
+        if ctx.needs_input_grad[0]:
+            grad_h = stacked_input_grad(grad, weight, exact)
+            if h.ndim == 2:
+                grad_h = grad_h.sum(0)
+        return grad_h, stacked_weight_grad(grad, h, exact), grad.sum(1) if ctx.has_bias else None
+
+
+# The two products of a Linear's backward, for every member. exact=True makes, per member, the
+# very call nn.Linear's backward makes: on a CPU the result is then bit-identical to a solo
+# run's, where one batched product rounds differently for some shapes. Elsewhere (GPU) one
+# batched product: solo and batched kernels differ there anyway, and one launch beats one per member.
+
+def stacked_weight_grad(grad: torch.Tensor, h: torch.Tensor, exact: bool) -> torch.Tensor:
+    """d(loss)/d(weight): grad (members, n, out), h (n, in) shared or (members, n, in) -> (members, out, in)."""
+    if exact:
+        return torch.stack([g.t().mm(h if h.ndim == 2 else h[m]) for m, g in enumerate(grad)])
+    hs = h.expand(grad.shape[0], *h.shape) if h.ndim == 2 else h
+    return torch.bmm(grad.transpose(1, 2), hs)
+
+
+def stacked_input_grad(grad: torch.Tensor, weight: torch.Tensor, exact: bool) -> torch.Tensor:
+    """d(loss)/d(input): grad (members, n, out), weight (members, out, in) -> (members, n, in)."""
+    if exact:
+        return torch.stack([g.mm(w) for g, w in zip(grad, weight)])
+    return torch.bmm(grad, weight)
+
+
+def stacked_linear(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """nn.Linear for every member of an ensemble at once.
+
+    h is (n, in), one input shared by all members, or (members, n, in); weight is
+    (members, out, in), bias (members, out) or None. Returns (members, n, out). On a CPU each
+    member's output and gradients are bit-identical to its own nn.Linear's.
+
+    Example:
+        >>> w, b = torch.randn(3, 2, 4), torch.randn(3, 2)
+        >>> stacked_linear(torch.randn(5, 4), w, b).shape
+        torch.Size([3, 5, 2])
+    """
+    return _StackedLinear.apply(h, weight, bias)

@@ -19,7 +19,9 @@ COMMON = ["experiment=learn_distance_metrics", "trainer.max_epochs=150", "run.ch
 @pytest.fixture(scope="module")
 def ensemble_and_solos(tmp_path_factory):
     out = tmp_path_factory.mktemp("ens")
-    ens = train(train_cfg(*COMMON, "seeds=[0,1,2]", f"paths.output_dir={out}/ens"), out / "ens_job")
+    # Groups of two (members 0,1 then 2): the CPU path that gathers gradients from groups.
+    ens = train(train_cfg(*COMMON, "seeds=[0,1,2]", "run.member_group=2", f"paths.output_dir={out}/ens"),
+                out / "ens_job")
     solos = [train(train_cfg(*COMMON, f"seed={s}", f"paths.output_dir={out}/solo"),
                    member_dir(train_cfg(*COMMON, f"seed={s}", f"paths.output_dir={out}/solo"), s))
              for s in range(3)]
@@ -35,19 +37,91 @@ def test_members_start_from_their_solo_initial_weights():
         assert solo.keys() == member.keys()
         assert all(torch.equal(solo[k], member[k]) for k in solo)
     x = torch.rand(6, 784) * 255
-    assert torch.allclose(ens(x)[1], build_network(cfg, seed=7)(x), atol=1e-5)
+    assert torch.equal(ens(x)[1], build_network(cfg, seed=7)(x))
 
 
 def test_three_member_ensemble_equals_three_solo_runs(ensemble_and_solos):
-    _, ens, solos = ensemble_and_solos
+    out, ens, solos = ensemble_and_solos
     assert [s["seed"] for s in ens] == [0, 1, 2]
-    for e, s in zip(ens, solos):
-        # Accuracies come out identical. The loss differs in the last digits: the ensemble's
-        # first Linear is one wider matrix product, which sums in another order than the solo's.
-        assert e["train_acc"] == s["train_acc"] and e["test_acc"] == s["test_acc"]
-        assert e["train_loss"] == pytest.approx(s["train_loss"], rel=1e-4)
-        assert e["units"] == s["units"]
-    assert len({round(e["train_loss"], 6) for e in ens}) == 3  # the members really differ
+    for seed, (e, s) in enumerate(zip(ens, solos)):
+        # Bit for bit, every epoch: the stacked ops make each member's very calls a solo run makes.
+        e_dir = out / "ens" / "learn_distance_metrics" / "mnist5k-raw" / "ReLU" / f"seed{seed}"
+        s_dir = out / "solo" / "learn_distance_metrics" / "mnist5k-raw" / "ReLU" / f"seed{seed}"
+        assert (e_dir / "metrics.csv").read_bytes() == (s_dir / "metrics.csv").read_bytes()
+        assert {k: e[k] for k in ("train_loss", "train_acc", "test_acc", "units")} == \
+            {k: s[k] for k in ("train_loss", "train_acc", "test_acc", "units")}
+        assert e["ensemble_size"] == 3 and s["ensemble_size"] == 1
+    assert len({e["train_loss"] for e in ens}) == 3  # the members really differ
+    assert 0.5 < min(e["test_acc"] for e in ens)  # and really trained
+
+
+PAPER_MODELS = [("mlp", False), ("mlp", True), ("mlp2", False), ("mlp2", True), ("mlp2_neg", False),
+                ("mlp2_neg", True), ("offset_l2", False), ("offset_l2_neg", False)]
+
+
+@pytest.mark.parametrize("arch,head_bias", PAPER_MODELS)
+def test_every_model_trains_bit_identically_as_an_ensemble_member(arch, head_bias):
+    """Three SGD steps, in one group and in groups of one, for every activation and site:
+    logits, losses and gradients of each member equal its own network's, bit for bit."""
+    from dmlight.data import load_data
+    from dmlight.module import DistanceModule
+
+    data = load_data("mnist5k")
+    x, y = data.x_train[:300], data.y_train[:300]
+    for activation in ("relu", "abs", "sigmoid", "tanh", "gelu", "leaky_relu"):
+        for site in ("pre_activation", "post_activation"):
+            cfg = train_cfg(f"arch={arch}", f"activation={activation}", f"arch.head_bias={head_bias}",
+                            f"arch.site={site}")
+            solos = [build_network(cfg, seed=s) for s in range(3)]
+            for size in (3, 1):
+                ens = Ensemble([build_network(cfg, seed=s) for s in range(3)])
+                nets = [build_network(cfg, seed=s) for s in range(3)]
+                for _ in range(3):
+                    groups = ens.groups(size)
+                    parts = [ens(x)] if groups is None else [ens(x, params=g) for g in groups]
+                    losses = [DistanceModule._losses(logits, y) for logits in parts]
+                    for part in losses:
+                        part.sum().backward()
+                    if groups is not None:
+                        ens.gather_grads(groups)
+                    logits, losses = torch.cat(parts), torch.cat(losses)
+                    for m, net in enumerate(nets):
+                        net.zero_grad()
+                        out = net(x)
+                        loss = torch.nn.functional.cross_entropy(out, y)
+                        loss.backward()
+                        assert torch.equal(out, logits[m]) and torch.equal(loss, losses[m]), (activation, site, m)
+                        for name, p in net.named_parameters():
+                            assert torch.equal(p.grad, ens.stacked()[name].grad[m]), (activation, site, name)
+                    with torch.no_grad():  # one plain SGD step on both sides
+                        for p in [*ens.parameters(), *(q for n in nets for q in n.parameters())]:
+                            p -= 1e-3 * p.grad
+                            p.grad = None
+            del solos
+
+
+def test_member_groups_fit_the_cpu_cache_and_take_everything_on_a_gpu():
+    from dmlight.module import auto_member_group
+
+    twenty = Ensemble([build_network(train_cfg(), seed=s) for s in range(20)])
+    assert auto_member_group(twenty, 4000, "cpu") == 4  # 4 x (4000 x 128 floats) = 8 MB
+    assert auto_member_group(twenty, 60000, "cpu") == 1  # full MNIST: one member already fills it
+    assert auto_member_group(twenty, 4000, "cuda:1") == 20
+    l2 = Ensemble([build_network(train_cfg("arch=offset_l2"), seed=s) for s in range(3)])
+    assert auto_member_group(l2, 4000, "cpu") == 1  # its (rows x 10 x 128) head term is the widest
+    assert auto_member_group(l2, 100, "cpu") == 3
+    assert auto_member_group(build_network(train_cfg()), 4000, "cpu") == 1
+
+
+@pytest.mark.parametrize("bad", [0, -2, "two"])
+def test_a_bad_member_group_is_a_config_error_naming_it(bad):
+    from dmlight.data import load_data
+    from dmlight.models import ConfigError
+    from dmlight.module import DistanceModule
+
+    with pytest.raises(ConfigError, match=f"run.member_group={bad!r}.*whole number >= 1"):
+        DistanceModule(Ensemble([build_network(train_cfg(), seed=s) for s in range(2)]), load_data("synthetic"),
+                       lambda params: torch.optim.SGD(params, lr=0.1), member_group=bad)
 
 
 def test_member_directories_look_like_solo_runs(ensemble_and_solos):

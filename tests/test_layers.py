@@ -3,7 +3,8 @@ import math
 import pytest
 import torch
 
-from dmlight.layers import Abs, Neg, OffsetL2, Perturbation
+from dmlight.layers import (Abs, Neg, OffsetL2, Perturbation, offset_l2, stacked_input_grad,
+                            stacked_linear, stacked_weight_grad)
 
 
 def test_abs_and_neg():
@@ -68,3 +69,66 @@ def test_perturbation_rejects_unknown_values():
 
 def test_perturbation_buffers_stay_out_of_checkpoints():
     assert Perturbation(3).state_dict() == {}
+
+
+def _linear_grads(x, weight, bias, grad_out, input_grad: bool):
+    """Output and gradients of nn.Linear's own ops (F.linear) for one member."""
+    x, weight = x.clone().requires_grad_(input_grad), weight.clone().requires_grad_()
+    bias = None if bias is None else bias.clone().requires_grad_()
+    out = torch.nn.functional.linear(x, weight, bias)
+    out.backward(grad_out)
+    return out, x.grad, weight.grad, None if bias is None else bias.grad
+
+
+@pytest.mark.parametrize("n", [7, 700])  # 7 rows: where MKL's batched and single products round apart
+@pytest.mark.parametrize("shared", [True, False], ids=["shared-input", "stacked-input"])
+@pytest.mark.parametrize("with_bias", [True, False], ids=["bias", "no-bias"])
+def test_stacked_linear_is_bit_identical_to_each_members_linear(shared, with_bias, n):
+    """On a CPU every member's output and gradients are exactly nn.Linear's: an ensemble member
+    then trains to the very numbers of its solo run."""
+    g = torch.Generator().manual_seed(0)
+    members, d_in, d_out = 3, 784 if shared else 128, 128 if shared else 10
+    x = torch.rand(n, d_in, generator=g) * 255 if shared else torch.relu(torch.randn(members, n, d_in, generator=g))
+    x.requires_grad_(not shared)
+    weight = (torch.randn(members, d_out, d_in, generator=g) * 0.05).requires_grad_()
+    bias = (torch.randn(members, d_out, generator=g) * 0.1).requires_grad_() if with_bias else None
+    grad_out = torch.randn(members, n, d_out, generator=g) * 1e-3
+    out = stacked_linear(x, weight, bias)
+    out.backward(grad_out)
+    assert out.shape == (members, n, d_out)
+    for m in range(members):
+        want, want_dx, want_dw, want_db = _linear_grads(x if shared else x[m].detach(), weight[m].detach(),
+                                                        None if bias is None else bias[m].detach(), grad_out[m],
+                                                        input_grad=not shared)
+        assert torch.equal(out[m], want) and torch.equal(weight.grad[m], want_dw)
+        if with_bias:
+            assert torch.equal(bias.grad[m], want_db)
+        if not shared:
+            assert torch.equal(x.grad[m], want_dx)
+    assert shared == (x.grad is None)  # the shared input (the data) gets no gradient
+
+
+def test_the_batched_gradients_used_on_a_gpu_agree_with_the_exact_ones():
+    """GPUs take one batched product per gradient: the same numbers up to rounding."""
+    g = torch.Generator().manual_seed(1)
+    grad = torch.randn(4, 500, 10, generator=g)
+    for h in (torch.randn(500, 128, generator=g), torch.randn(4, 500, 128, generator=g)):
+        exact, batched = stacked_weight_grad(grad, h, exact=True), stacked_weight_grad(grad, h, exact=False)
+        assert exact.shape == batched.shape == (4, 10, 128)
+        torch.testing.assert_close(batched, exact, rtol=1e-5, atol=1e-4)  # sums of 500 terms ~ 20
+    weight = torch.randn(4, 10, 128, generator=g)
+    exact, batched = stacked_input_grad(grad, weight, exact=True), stacked_input_grad(grad, weight, exact=False)
+    assert exact.shape == (4, 500, 128)
+    torch.testing.assert_close(batched, exact, rtol=1e-5, atol=1e-5)
+
+
+def test_offset_l2_stacked_over_members_equals_each_members_layer():
+    torch.manual_seed(0)
+    layers = [OffsetL2(6, 3) for _ in range(2)]
+    with torch.no_grad():
+        for layer in layers:
+            layer.alpha.uniform_(0.5, 2.0)
+    h = torch.randn(2, 9, 6)
+    stacked = offset_l2(h, torch.stack([l.mu for l in layers]), torch.stack([l.alpha for l in layers]))
+    assert stacked.shape == (2, 9, 3)
+    assert all(torch.equal(stacked[m], layers[m](h[m])) for m in range(2))
