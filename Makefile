@@ -43,8 +43,6 @@ report: install
 # Resumable: rerun the same target after a crash. Needs MNIST's IDX files (see README).
 FULL_RUN := data=mnist hydra/launcher=gpus paths.output_dir=outputs/full $(ARGS)
 FULL     := 'seeds=range(20)' $(FULL_RUN)
-# OffsetL2 keeps a (seeds x rows x 10 x 128) tensor per step: 4 ensembles of 5 seeds fit one GPU.
-SEED_GROUPS := 'seeds=[0,1,2,3,4],[5,6,7,8,9],[10,11,12,13,14],[15,16,17,18,19]'
 TRAIN    := $(PY) -m dmlight.train -m
 
 reproduce-use: install
@@ -57,7 +55,7 @@ reproduce-bias: install
 	$(TRAIN) experiment=learn_bias arch=mlp,mlp2,mlp2_neg activation=relu,abs $(FULL)
 
 reproduce-offset-l2: install
-	$(TRAIN) experiment=offset_l2 arch=offset_l2,offset_l2_neg activation=relu,abs $(SEED_GROUPS) $(FULL_RUN)
+	$(TRAIN) experiment=offset_l2 arch=offset_l2,offset_l2_neg activation=relu,abs $(FULL)
 
 reproduce: reproduce-use reproduce-learn reproduce-bias reproduce-offset-l2
 	$(PY) -m dmlight.report outputs/full

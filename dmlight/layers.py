@@ -102,11 +102,60 @@ class OffsetL2(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}"
 
 
-def offset_l2(x: torch.Tensor, mu: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+def offset_l2(x: torch.Tensor, mu: torch.Tensor, alpha: torch.Tensor, block_rows: int | None = None) -> torch.Tensor:
     """OffsetL2's formula for x (n, in) and mu, alpha (out, in), or stacked for an ensemble:
-    x (members, n, in) and mu, alpha (members, out, in). Output (..., n, out)."""
-    diff = x.unsqueeze(-2) - mu.unsqueeze(-3)  # (..., n, out, in)
-    return torch.sqrt(torch.clamp((alpha.unsqueeze(-3) * diff * diff).sum(-1), min=OffsetL2.eps))
+    x (members, n, in) and mu, alpha (members, out, in). Output (..., n, out).
+
+    The (n, out, in) differences are the layer's whole cost. They are made `block_rows` rows
+    at a time and made again in the backward pass instead of being kept: on a CPU, blocks
+    of ~1 MB stay in cache (forward and backward ~2x faster than whole-tensor autograd on
+    mnist5k); on a GPU blocks of ~256 MB bound the memory (autograd would keep three
+    rows x out x in tensors per member from forward to backward). Default: by device.
+
+    Example:
+        >>> offset_l2(torch.zeros(1, 2), torch.ones(1, 2), torch.full((1, 2), 2.0)).tolist()
+        [[2.0]]
+    """
+    if block_rows is None:
+        block_bytes = (1 << 20) if x.device.type == "cpu" else (256 << 20)
+        row_bytes = x.element_size() * mu[..., 0, 0].numel() * mu.shape[-2] * mu.shape[-1]
+        block_rows = max(1, block_bytes // row_bytes)
+    return _OffsetL2.apply(x, mu, alpha, block_rows)
+
+
+class _OffsetL2(torch.autograd.Function):
+    """y = sqrt(max(sum_i alpha (x_i - mu_i)^2, eps)) in row blocks; see `offset_l2`."""
+
+    @staticmethod
+    def _blocks(x, mu, alpha, block_rows):
+        """(row slice, differences (..., rows, out, in), alpha as (..., 1, out, in)) per block."""
+        mu, alpha = mu.unsqueeze(-3), alpha.unsqueeze(-3)
+        for start in range(0, x.shape[-2], block_rows):
+            rows = slice(start, start + block_rows)
+            yield rows, x[..., rows, :].unsqueeze(-2) - mu, alpha
+
+    @staticmethod
+    def forward(ctx, x, mu, alpha, block_rows):
+        y = x.new_empty(*x.shape[:-1], mu.shape[-2])
+        for rows, diff, a in _OffsetL2._blocks(x, mu, alpha, block_rows):
+            y[..., rows, :] = torch.sqrt(torch.clamp((a * diff * diff).sum(-1), min=OffsetL2.eps))
+        ctx.save_for_backward(x, mu, alpha, y)
+        ctx.block_rows = block_rows
+        return y
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        x, mu, alpha, y = ctx.saved_tensors
+        grad_x, grad_mu, grad_alpha = torch.empty_like(x), torch.zeros_like(mu), torch.zeros_like(alpha)
+        for rows, diff, a in _OffsetL2._blocks(x, mu, alpha, ctx.block_rows):
+            # d sqrt(max(s, eps)) / ds = 1 / (2 y) where s >= eps, else 0 (the clamp).
+            s = (a * diff * diff).sum(-1)
+            g = torch.where(s >= OffsetL2.eps, grad_y[..., rows, :] / (2 * y[..., rows, :]), 0.0).unsqueeze(-1)
+            t = g * a * diff  # half of d s / d x_i, per output
+            grad_x[..., rows, :] = 2 * t.sum(-2)
+            grad_mu -= 2 * t.sum(-3)
+            grad_alpha += (g * diff * diff).sum(-3)
+        return grad_x, grad_mu, grad_alpha, None
 
 
 class _StackedLinear(torch.autograd.Function):

@@ -111,7 +111,10 @@ class Ensemble(nn.Module):
             if isinstance(layer, nn.Linear):
                 h = stacked_linear(h, params[f"{name}.weight"], params.get(f"{name}.bias"))
             elif isinstance(layer, OffsetL2):
-                h = offset_l2(h, params[f"{name}.mu"], params[f"{name}.alpha"])
+                mu, alpha = params[f"{name}.mu"], params[f"{name}.alpha"]
+                # Per member on a CPU: its row blocks (and so its sums) are then a solo run's.
+                h = torch.stack([offset_l2(*one) for one in zip(h, mu, alpha)]) if per_member \
+                    else offset_l2(h, mu, alpha)
             elif isinstance(layer, Perturbation) and layer.is_identity:
                 continue
             elif per_member:
