@@ -20,12 +20,14 @@ class Batches:
     """The training split as batches: one full batch (the papers), or shuffled mini-batches.
 
     The tensors stay where they are (already on the training device), so an epoch costs
-    no copies.
+    no copies. Epoch e's order is drawn from (shuffle_seed, e) alone: a resumed run sees the
+    batches an uninterrupted one would, and every seed (every ensemble member) the same ones.
     """
 
-    def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int | None, seed: int = 0):
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int | None, shuffle_seed: int = 0,
+                 epoch=lambda: 0):
         self.x, self.y, self.batch_size = x, y, batch_size
-        self.generator = torch.Generator().manual_seed(seed)
+        self.shuffle_seed, self.epoch = int(shuffle_seed), epoch  # epoch: a callable, the current epoch
 
     def __len__(self) -> int:
         if not self.batch_size:
@@ -36,7 +38,8 @@ class Batches:
         if not self.batch_size:
             yield self.x, self.y
             return
-        order = torch.randperm(len(self.x), generator=self.generator).to(self.x.device)
+        generator = torch.Generator().manual_seed(self.shuffle_seed * 1_000_003 + self.epoch())
+        order = torch.randperm(len(self.x), generator=generator).to(self.x.device)
         for i in range(0, len(self.x), self.batch_size):
             idx = order[i: i + self.batch_size]
             yield self.x[idx], self.y[idx]
@@ -203,12 +206,13 @@ class DistanceModule(pl.LightningModule):
     """
 
     def __init__(self, net: nn.Module, data: Splits, optimizer, batch_size: int | None = None,
-                 eval_every: int = 1, seed: int = 0, member_group: int | None = None):
+                 eval_every: int = 1, shuffle_seed: int = 0, member_group: int | None = None):
         super().__init__()
         self.net = net
         self.data = data
         self.optimizer_factory = optimizer  # a callable params -> Optimizer (Hydra partial)
-        self.batch_size, self.eval_every, self.seed = batch_size, max(1, int(eval_every)), seed
+        self.batch_size, self.eval_every = batch_size, max(1, int(eval_every))
+        self.shuffle_seed = shuffle_seed
         self.automatic_optimization = False  # one plain SGD step per batch; less overhead
         self.n_members = net.n_members if isinstance(net, Ensemble) else 1
         if member_group is not None and (not isinstance(member_group, int) or member_group < 1):
@@ -248,7 +252,8 @@ class DistanceModule(pl.LightningModule):
             self.member_group = auto_member_group(self.net, rows, self.device)
 
     def train_dataloader(self):
-        return Batches(self.data.x_train, self.data.y_train, self.batch_size, self.seed)
+        return Batches(self.data.x_train, self.data.y_train, self.batch_size, self.shuffle_seed,
+                       lambda: self.current_epoch)
 
     @staticmethod
     def _losses(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -27,7 +27,7 @@ from dmlight.errors import UserError
 METRICS_COLUMNS = ("epoch", "train_loss", "train_acc", "test_acc")
 # Config keys that decide a run's numbers; two configs that agree on these are the same run.
 IDENTITY_KEYS = ("experiment_name", "seed", "data.name", "data.preprocess", "data.batch_size",
-                 "arch", "activation", "optimizer", "trainer.max_epochs")
+                 "data.shuffle_seed", "arch", "activation", "optimizer", "trainer.max_epochs")
 
 
 class RunDirConflict(UserError, RuntimeError):
@@ -65,6 +65,8 @@ def identity(cfg: DictConfig) -> dict:
     for key in IDENTITY_KEYS:
         value = OmegaConf.select(cfg, key, default=None)
         out[key] = OmegaConf.to_container(value, resolve=True) if isinstance(value, DictConfig) else value
+    if out["data.batch_size"] is None:  # full batch: no order to shuffle
+        out["data.shuffle_seed"] = None
     return out
 
 

@@ -168,7 +168,7 @@ def _fit(cfg: DictConfig, todo: list[tuple[DictConfig, Path]], name: str,
     nets = [build_network(c) for c, _ in todo]
     net = nets[0] if len(nets) == 1 else Ensemble(nets)
     module = DistanceModule(net, data, hydra.utils.instantiate(cfg.optimizer), cfg.data.batch_size,
-                            cfg.eval_every, cfg.seed, cfg.run.get("member_group"))
+                            cfg.eval_every, cfg.data.get("shuffle_seed", 0), cfg.run.get("member_group"))
     run_dirs = [d for _, d in todo]
     states = _resume_point(todo, name)
     ckpt_path = None

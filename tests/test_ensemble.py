@@ -202,3 +202,17 @@ def test_per_epoch_member_accuracies_equal_torchmetrics_per_member():
     want = torch.stack([accuracy(m, y) for m in logits])
     assert got.shape == (4,) and torch.equal(got, want)
     assert 0.0 < got.min() and got.max() < 0.5  # random logits: near 10%, not a degenerate 0 or 1
+
+
+def test_a_mini_batch_ensemble_equals_its_solo_runs(tmp_path):
+    """Mini-batch order does not depend on the seed (data.shuffle_seed), so ensemble members
+    see their solo runs' batches and train to the same bytes."""
+    common = ["experiment=learn_distance_metrics", "data.batch_size=1000", "optimizer.lr=0.0005",
+              "trainer.max_epochs=4", "run.log_every=2"]
+    train(train_cfg(*common, "seeds=[0,1]", f"paths.output_dir={tmp_path}/ens"), tmp_path / "job")
+    for s in (0, 1):
+        solo = train_cfg(*common, f"seed={s}", f"paths.output_dir={tmp_path}/solo")
+        train(solo, member_dir(solo, s))
+        member = member_dir(train_cfg(*common, f"seed={s}", f"paths.output_dir={tmp_path}/ens"), s)
+        assert (member / "metrics.csv").read_bytes() == (member_dir(solo, s) / "metrics.csv").read_bytes()
+        assert len(read_metrics(member)) == 4

@@ -155,3 +155,12 @@ def test_trainer_configs_for_cpu_gpu_and_ddp():
     assert (gpu.accelerator, gpu.devices) == ("gpu", 1)
     ddp = train_cfg("trainer=ddp", "trainer.accelerator=gpu").trainer
     assert (ddp.strategy, ddp.devices, ddp.max_epochs) == ("ddp", -1, 5000)
+
+
+def test_shuffle_seed_is_part_of_a_mini_batch_runs_identity_only():
+    from dmlight.runs import identity
+
+    full, mini = train_cfg(), train_cfg("data.batch_size=100")
+    assert identity(full)["data.shuffle_seed"] is None  # full-batch run dirs made before the key existed still match
+    assert identity(mini)["data.shuffle_seed"] == 0
+    assert identity(train_cfg("data.batch_size=100", "data.shuffle_seed=3")) != identity(mini)
