@@ -12,7 +12,7 @@ from torch.func import stack_module_state
 from torchmetrics.functional.classification import multiclass_accuracy
 
 from dmlight.data import Splits
-from dmlight.layers import OffsetL2, Perturbation, offset_l2, stacked_linear
+from dmlight.layers import Abs, Neg, OffsetL2, Perturbation, offset_l2, stacked_linear
 from dmlight.models import ConfigError
 
 
@@ -60,6 +60,11 @@ def member_accuracies(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     test holds the two equal, and the final summary uses `accuracy`.
     """
     return (logits.argmax(-1) == y).sum(-1) / y.shape[0]
+
+
+# Parameter-free parts made of single IEEE operations (max, abs, multiply, add, clamp): their
+# SIMD and scalar code give the same bits, so they can act on all members' stack at once.
+EXACT_ELEMENTWISE = (nn.ReLU, Abs, nn.LeakyReLU, Neg, Perturbation)
 
 
 class Ensemble(nn.Module):
@@ -120,10 +125,10 @@ class Ensemble(nn.Module):
                     else offset_l2(h, mu, alpha)
             elif isinstance(layer, Perturbation) and layer.is_identity:
                 continue
-            elif per_member:
+            elif per_member and not isinstance(layer, EXACT_ELEMENTWISE):
                 # Sigmoid, tanh, GELU round differently in their SIMD and scalar paths, and a
                 # member's elements fall on other vector boundaries inside the stack: per member,
-                # on a CPU, each gets the very call its solo run makes. (ReLU and Abs are exact.)
+                # on a CPU, each gets the very call its solo run makes.
                 h = torch.stack([layer(member) for member in h])
             else:
                 h = layer(h)
