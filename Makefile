@@ -34,6 +34,7 @@ bench: install
 	$(PY) bench/train_speed.py --json outputs/bench/train_speed.json
 	$(PY) bench/perturb_speed.py --json outputs/bench/perturb_speed.json
 	$(PY) bench/ensemble_speed.py --json outputs/bench/ensemble_speed.json
+	$(PY) bench/offset_l2_speed.py --json outputs/bench/offset_l2_speed.json
 
 report: install
 	$(PY) -m dmlight.report $(or $(RUNS),outputs)

@@ -37,3 +37,12 @@ def test_perturb_speed_bench_checks_identical_accuracies(tmp_path):
     stdout, r = bench("perturb_speed.py", "--data", "mnist5k", "--steps", "5", "--repeats", "1", tmp_path=tmp_path)
     assert r["points"] == 325 and r["rows"] == 4000
     assert r["identical"] is True and "identical: yes" in stdout
+
+
+def test_offset_l2_bench_checks_same_numbers_and_counts_saved_memory(tmp_path):
+    stdout, r = bench("offset_l2_speed.py", "--repeats", "1", tmp_path=tmp_path)
+    assert r["same"] is True and "same output and gradients: yes" in stdout
+    # Counted, not timed: autograd keeps rows x 10 x 128 terms for its backward pass; the blocked
+    # layer keeps its inputs and output only (x, mu, alpha, y).
+    assert r["dmlight_saved_mb"] == pytest.approx((4000 * 128 + 2 * 10 * 128 + 4000 * 10) * 4 / 2**20)
+    assert r["plain_saved_mb"] > 10 * r["dmlight_saved_mb"]
