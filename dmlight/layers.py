@@ -117,10 +117,15 @@ def offset_l2(x: torch.Tensor, mu: torch.Tensor, alpha: torch.Tensor, block_rows
         [[2.0]]
     """
     if block_rows is None:
-        block_bytes = (1 << 20) if x.device.type == "cpu" else (256 << 20)
         row_bytes = x.element_size() * mu[..., 0, 0].numel() * mu.shape[-2] * mu.shape[-1]
-        block_rows = max(1, block_bytes // row_bytes)
+        block_rows = offset_l2_block_rows(x.device, row_bytes)
     return _OffsetL2.apply(x, mu, alpha, block_rows)
+
+
+def offset_l2_block_rows(device: torch.device | str, row_bytes: int) -> int:
+    """Rows per block of OffsetL2's terms: ~1 MB on a CPU (its cache), ~256 MB elsewhere (bounded memory)."""
+    block_bytes = (1 << 20) if torch.device(device).type == "cpu" else (256 << 20)
+    return max(1, block_bytes // row_bytes)
 
 
 class _OffsetL2(torch.autograd.Function):

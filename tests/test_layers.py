@@ -3,8 +3,8 @@ import math
 import pytest
 import torch
 
-from dmlight.layers import (Abs, Neg, OffsetL2, Perturbation, offset_l2, stacked_input_grad,
-                            stacked_linear, stacked_weight_grad)
+from dmlight.layers import (Abs, Neg, OffsetL2, Perturbation, offset_l2, offset_l2_block_rows,
+                            stacked_input_grad, stacked_linear, stacked_weight_grad)
 
 
 def test_abs_and_neg():
@@ -168,3 +168,11 @@ def test_offset_l2_has_a_zero_gradient_where_the_distance_is_floored():
     x = torch.zeros(2, 3, requires_grad=True)
     offset_l2(x, mu, alpha).sum().backward()
     assert torch.equal(x.grad, torch.zeros(2, 3)) and torch.equal(mu.grad, torch.zeros(1, 3))
+
+
+def test_offset_l2_blocks_fit_a_cpu_cache_and_bound_gpu_memory():
+    row = 4 * 10 * 128  # one row's float32 terms for 10 prototypes of 128 units
+    assert offset_l2_block_rows("cpu", row) == 204  # ~1 MB
+    assert offset_l2_block_rows("cuda:0", row) == 52428  # ~256 MB: full MNIST's 60,000 rows in two blocks
+    assert offset_l2_block_rows("cuda", 20 * row) == 2621  # a 20-member stack: blocks shrink, memory stays bounded
+    assert offset_l2_block_rows("cpu", 10**9) == 1
