@@ -21,12 +21,17 @@ def test_train_speed_bench(tmp_path):
     assert "ratio" in stdout and r["plain_ms_per_epoch"] > 0 and r["ratio"] > 0
     assert r["identical"] is True and "identical metrics: yes" in stdout
     assert r["lightning_floor_ms_per_epoch"] > 0 and "floor" in stdout
+    # every trial is kept, and the ratio is made of each side's fastest
+    assert [len(r["trials_ms"][k]) for k in ("plain", "floor", "dmlight")] == [1, 1, 1]
+    assert r["plain_ms_per_epoch"] == pytest.approx(min(r["trials_ms"]["plain"]))
 
 
 def test_ensemble_speed_bench(tmp_path):
-    stdout, r = bench("ensemble_speed.py", "--seeds", "2", "--epochs", "5", "--repeats", "1", tmp_path=tmp_path)
+    stdout, r = bench("ensemble_speed.py", "--seeds", "2", "--epochs", "5", "--repeats", "2", tmp_path=tmp_path)
     assert "throughput ratio" in stdout and r["seeds"] == 2 and r["ratio"] > 0
     assert r["identical"] is True and "metrics identical to the solo runs': yes" in stdout
+    assert len(r["solo_trials_s"]) == len(r["ensemble_trials_s"]) == 2
+    assert (r["solo_s"], r["ensemble_s"]) == (min(r["solo_trials_s"]), min(r["ensemble_trials_s"]))
     # The bound is the solo epoch over the unshareable matrix products, as printed (no timing asserted).
     assert r["matmul_ms_per_epoch"] > 0 and r["solo_ms_per_epoch"] == pytest.approx(1e3 * r["solo_s"] / (2 * 5))
     assert r["max_ratio"] == pytest.approx(r["solo_ms_per_epoch"] / r["matmul_ms_per_epoch"])

@@ -176,3 +176,21 @@ def test_offset_l2_blocks_fit_a_cpu_cache_and_bound_gpu_memory():
     assert offset_l2_block_rows("cuda:0", row) == 52428  # ~256 MB: full MNIST's 60,000 rows in two blocks
     assert offset_l2_block_rows("cuda", 20 * row) == 2621  # a 20-member stack: blocks shrink, memory stays bounded
     assert offset_l2_block_rows("cpu", 10**9) == 1
+
+
+@pytest.mark.parametrize("exact", [True, False], ids=["cpu-per-member", "gpu-batched"])
+def test_stacked_linear_gradients_match_finite_differences(exact, monkeypatch):
+    """Both backward branches, for a shared input that needs a gradient too (the sum over
+    members) and for a stacked one, against float64 finite differences."""
+    import dmlight.layers as layers
+
+    real = layers.stacked_weight_grad, layers.stacked_input_grad
+    monkeypatch.setattr(layers, "stacked_weight_grad", lambda g, h, _: real[0](g, h, exact))
+    monkeypatch.setattr(layers, "stacked_input_grad", lambda g, w, _: real[1](g, w, exact))
+    g = torch.Generator().manual_seed(2)
+    weight = torch.randn(3, 4, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(3, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    for h in (torch.randn(6, 5, generator=g, dtype=torch.float64, requires_grad=True),
+              torch.randn(3, 6, 5, generator=g, dtype=torch.float64, requires_grad=True)):
+        assert torch.autograd.gradcheck(stacked_linear, (h, weight, bias))
+        assert torch.autograd.gradcheck(lambda h, w: stacked_linear(h, w, None), (h, weight))
