@@ -61,20 +61,20 @@ def main() -> dict:
     common = [f"data={args.data}", "experiment=learn_distance_metrics", f"trainer.max_epochs={args.epochs}",
               "trainer.accelerator=cpu", "run.progress_every=0", f"run.checkpoint_every={args.epochs}"]
     seeds = ",".join(map(str, range(args.seeds)))
-    solos, ensembles = [], []
+    solos, ensembles, identical = [], [], True
     for r in range(args.repeats):
         with tempfile.TemporaryDirectory() as tmp:
             t0 = time.perf_counter()
             for s in range(args.seeds):
                 cfg = compose_config([*common, f"seed={s}", f"paths.output_dir={tmp}/solo"])
-                train(cfg, member_dir(cfg, s))
+                train(cfg)
             solos.append(time.perf_counter() - t0)
             t0 = time.perf_counter()
-            train(compose_config([*common, f"seeds=[{seeds}]", f"paths.output_dir={tmp}/ens"]), f"{tmp}/ens_job")
+            train(compose_config([*common, f"seeds=[{seeds}]", f"paths.output_dir={tmp}/ens"]))
             ensembles.append(time.perf_counter() - t0)
             # Same work: every member must record exactly what its solo run did (bit-identical on a CPU).
-            identical = all(metrics_bytes(common, f"{tmp}/ens", s) == metrics_bytes(common, f"{tmp}/solo", s)
-                            for s in range(args.seeds))
+            identical &= all(metrics_bytes(common, f"{tmp}/ens", s) == metrics_bytes(common, f"{tmp}/solo", s)
+                             for s in range(args.seeds))
     solo, ens = min(solos), min(ensembles)
     work = args.seeds * args.epochs
     matmul = matmul_seconds(args.data, int(compose_config(common).arch.hidden))

@@ -1,21 +1,22 @@
 """Config helpers shared by the entry points: the paper-name resolver and composing configs.
 
-Importing this module registers `${paper_name:arch,activation,head_bias}`, which the run
-directory pattern in conf/config.yaml uses.
+Importing this module registers the resolvers conf/config.yaml's run directory uses
+(`dmlight_run_subdir`, `dmlight_variant`; the layout itself is dmlight/rundir.py).
 """
 from __future__ import annotations
 
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
+from dmlight import rundir
 from dmlight.models import paper_name
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
 
 
-def _dir_name(arch: str, activation: str, head_bias) -> str:
+def _model_dir(arch: str, activation: str, head_bias) -> str:
     # A bad name must not fail inside Hydra's path interpolation (its error there is
     # unreadable); the model builder reports it properly a moment later.
     try:
@@ -24,23 +25,37 @@ def _dir_name(arch: str, activation: str, head_bias) -> str:
         return f"invalid-{arch}-{activation}"
 
 
+def _run_subdir(data, preprocess, arch, activation, head_bias, variant, seed, seeds) -> str:
+    return rundir.run_subdir(data, preprocess, _model_dir(arch, activation, head_bias), variant or "", seed, seeds)
+
+
+def _variant(*, _root_) -> str:
+    """The overrides that name this run's variant (see dmlight.rundir): read from the config's
+    hydra node while Hydra composes it, else from the running Hydra job."""
+    overrides = OmegaConf.select(_root_, "hydra.overrides.task", default=None)
+    if overrides is None:
+        from hydra.core.hydra_config import HydraConfig
+
+        overrides = HydraConfig.get().overrides.task if HydraConfig.initialized() else []
+    return rundir.variant_name(overrides)
+
+
 def _n_jobs(cpu_jobs=2) -> int:
     from dmlight.devices import default_n_jobs
 
     return default_n_jobs(int(cpu_jobs))
 
 
-def _seed_dir(seed, seeds) -> str:
-    # An ensemble's own directory holds only Hydra's files; its members live in seed<s>/.
-    if seeds is None:
-        return f"seed{seed}"
-    seeds = [int(s) for s in seeds]
-    return f"ensemble-seeds{seeds[0]}-{seeds[-1]}-n{len(seeds)}"
-
-
-for _name, _fn in (("paper_name", _dir_name), ("dmlight_n_jobs", _n_jobs), ("seed_dir", _seed_dir)):
+for _name, _fn in (("dmlight_run_subdir", _run_subdir), ("dmlight_variant", _variant), ("dmlight_n_jobs", _n_jobs)):
     if not OmegaConf.has_resolver(_name):
         OmegaConf.register_new_resolver(_name, _fn)
+
+
+def pin_variant(cfg: DictConfig) -> DictConfig:
+    """Resolve `variant` once, while the overrides that name it are known, and keep it as a value."""
+    with open_dict(cfg):
+        cfg.variant = str(cfg.variant)
+    return cfg
 
 
 def model_name(cfg: DictConfig) -> str:
@@ -59,5 +74,9 @@ def compose_config(overrides: list[str] | None = None, config_name: str = "confi
     from hydra import compose, initialize_config_dir
 
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose(config_name=config_name, overrides=list(overrides or []),
-                       return_hydra_config=False)
+        cfg = compose(config_name=config_name, overrides=list(overrides or []), return_hydra_config=True)
+    if "variant" in cfg:  # named by the overrides, which only the hydra node holds
+        pin_variant(cfg)
+    with open_dict(cfg):
+        del cfg["hydra"]
+    return cfg

@@ -225,6 +225,20 @@ class DistanceModule(pl.LightningModule):
                               "per forward/backward pass) or null to choose by device; e.g. run.member_group=4")
         self.member_group = member_group  # ensemble members per forward/backward; None: auto in setup
         self.history: torch.Tensor | None = None
+        self.frozen: dict[int, dict[str, torch.Tensor]] = {}  # retired member -> its parameters
+
+    def retire(self, member: int) -> None:
+        """Stop member `member` (its loss became non-finite): its parameters stop changing. The
+        others train on exactly as before: members share no arithmetic (see Ensemble)."""
+        if isinstance(self.net, Ensemble):
+            self.frozen[member] = {n: p[member].detach().clone() for n, p in self.net.stacked().items()}
+
+    @torch.no_grad()
+    def _restore_retired(self) -> None:
+        stacked = self.net.stacked()
+        for member, params in self.frozen.items():
+            for n, value in params.items():
+                stacked[n][member].copy_(value)
 
     def __setattr__(self, name: str, value) -> None:
         # Lightning sets `_current_fx_name` twice around every hook call (~40 times an
@@ -297,6 +311,8 @@ class DistanceModule(pl.LightningModule):
         if groups is not None:
             self.net.gather_grads(groups)
         opt.step()
+        if self.frozen:
+            self._restore_retired()
         if not self.batch_size:
             # Full batch: this forward pass already measured the whole training set.
             self._record(0, losses[0] if len(losses) == 1 else torch.cat(losses))

@@ -24,15 +24,16 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from dmlight import config as _config  # noqa: F401  (registers the ${paper_name:...} resolver)
-from dmlight import devices
+from dmlight import devices, rundir
 from dmlight.data import load_data_cfg
 from dmlight.errors import UserError
 from dmlight.loggers import finish_logger, make_logger
 from dmlight.models import ConfigError, build_model, unit_counts
 from dmlight.module import DistanceModule, Ensemble, accuracy, join_checkpoints
 from dmlight.sweep import record_sweep_failure
-from dmlight.runs import (RunDirBusy, RunDirConflict, RunLock, RunRecorder, claim_run_dir, is_complete, last_checkpoint,
-                          read_json, record_failure, summary_path, truncate_metrics, write_json_atomic)
+from dmlight.runs import (NonFiniteLoss, RunDirBusy, RunDirConflict, RunLock, RunRecorder, claim_run_dir,
+                          last_checkpoint, read_json, record_failure, reset_run, summary_path, truncate_metrics,
+                          write_json_atomic)
 
 
 class _NoTips(logging.Filter):
@@ -61,18 +62,42 @@ def member_config(cfg: DictConfig, seed: int) -> DictConfig:
 
 
 def member_dir(cfg: DictConfig, seed: int) -> Path:
-    """Where seed `seed`'s solo run lives (the default layout under paths.output_dir)."""
-    return Path(cfg.paths.output_dir) / cfg.experiment_name / member_config(cfg, seed).run_subdir
+    """Where seed `seed`'s solo run lives by default (dmlight.rundir.run_dir of its config)."""
+    return rundir.run_dir(member_config(cfg, seed))
 
 
-def make_callbacks(cfg: DictConfig, run_dirs: list[Path], name: str) -> list[pl.Callback]:
+def make_callbacks(cfg: DictConfig, run_dirs: list[Path], name: str, on_diverged=None) -> list[pl.Callback]:
     callbacks: list[pl.Callback] = [
-        RunRecorder(run_dirs, name, cfg.run.checkpoint_every, cfg.run.progress_every, cfg.run.log_every)]
+        RunRecorder(run_dirs, name, cfg.run.checkpoint_every, cfg.run.progress_every, cfg.run.log_every,
+                    on_diverged=on_diverged)]
     if cfg.perturbation.get("kinds"):
         from dmlight.perturbation import PerturbationSweep
 
         callbacks.append(PerturbationSweep(run_dirs, cfg.perturbation))
     return callbacks
+
+
+def run_fields(cfg: DictConfig, status: str) -> dict:
+    """What every summary.json says of its run, whatever became of it."""
+    return {
+        "status": status, "experiment": cfg.experiment_name, "model_name": _config.model_name(cfg),
+        "arch": cfg.arch.name, "activation": cfg.activation.name, "head_bias": bool(cfg.arch.head_bias),
+        "hidden": int(cfg.arch.hidden), "perturbation_site": cfg.arch.site, "seed": int(cfg.seed),
+        "data": cfg.data.name, "preprocess": cfg.data.preprocess, "epochs": int(cfg.trainer.max_epochs),
+        "lr": float(cfg.optimizer.lr), "variant": str(cfg.get("variant") or ""),
+    }
+
+
+def diverged_summary(cfg: DictConfig, epoch: int, loss: float, ensemble_size: int) -> dict:
+    """summary.json of a run whose training loss became non-finite: a result, not a crash."""
+    return {**run_fields(cfg, "diverged"), "diverged_epoch": int(epoch), "diverged_loss": str(loss),
+            "ensemble_size": ensemble_size}
+
+
+def diverged_message(name: str, summary: dict, run_dir: Path) -> str:
+    return (f"{name} seed {summary['seed']} ({run_dir}): loss became {summary['diverged_loss']} at epoch "
+            f"{summary['diverged_epoch']}. Recorded as diverged in summary.json: a rerun skips it, "
+            "run.retry_diverged=true retrains it. Lower optimizer.lr, or try data.preprocess=standardize.")
 
 
 def final_summary(cfg: DictConfig, net, data, seconds: float) -> dict:
@@ -83,11 +108,7 @@ def final_summary(cfg: DictConfig, net, data, seconds: float) -> dict:
         units[split], logits[split] = unit_counts(net, data.split(split)[0], return_output=True)
     y_train, y_test = data.y_train, data.y_test
     return {
-        "status": "complete", "experiment": cfg.experiment_name, "model_name": _config.model_name(cfg),
-        "arch": cfg.arch.name, "activation": cfg.activation.name, "head_bias": bool(cfg.arch.head_bias),
-        "hidden": int(cfg.arch.hidden), "perturbation_site": cfg.arch.site, "seed": int(cfg.seed),
-        "data": cfg.data.name, "preprocess": cfg.data.preprocess, "epochs": int(cfg.trainer.max_epochs),
-        "lr": float(cfg.optimizer.lr),
+        **run_fields(cfg, "complete"),
         "train_loss": torch.nn.functional.cross_entropy(logits["train"], y_train).item(),
         "train_acc": accuracy(logits["train"], y_train).item(),
         "test_acc": accuracy(logits["test"], y_test).item(),
@@ -97,26 +118,44 @@ def final_summary(cfg: DictConfig, net, data, seconds: float) -> dict:
     }
 
 
-def train(cfg: DictConfig, run_dir: str | Path, callbacks: list[pl.Callback] = ()) -> dict | list[dict]:
-    """Train (or resume, or skip if complete) the run `cfg` describes, in `run_dir`.
+def train(cfg: DictConfig, run_dir: str | Path | None = None,
+          callbacks: list[pl.Callback] = ()) -> dict | list[dict]:
+    """Train (or resume, or skip if finished) the run `cfg` describes, in `run_dir`
+    (default: where dmlight.rundir puts it).
 
-    With `cfg.seeds` set, trains those seeds as one stacked ensemble; each member writes the
-    run directory its solo run would (`member_dir`), and a list of summaries comes back.
-    `callbacks` are extra Lightning callbacks (timers, probes) added to the Trainer.
+    With `cfg.seeds` set, trains those seeds as one stacked ensemble and returns a list of
+    summaries; each member's directory follows dmlight.rundir.member_dirs (beside an ensemble
+    directory of dmlight's own naming, where solo runs live; else inside `run_dir`). A run whose
+    loss becomes non-finite is retired alone with a "diverged" summary; NonFiniteLoss is raised
+    only when every run diverged. `callbacks` are extra Lightning callbacks added to the Trainer.
     Example:
         >>> summary = train(compose_config(["data=synthetic", "trainer.max_epochs=5"]), "/tmp/r")  # doctest: +SKIP
     """
+    run_dir = rundir.run_dir(cfg) if run_dir is None else Path(run_dir)
     if cfg.get("seeds") is None:
-        members = [(cfg, Path(run_dir))]
+        members = [(cfg, run_dir)]
     else:
         seeds = [int(s) for s in cfg.seeds]
         if len(set(seeds)) != len(seeds) or not seeds:
             raise ConfigError(f"seeds={seeds} must be distinct and non-empty, e.g. seeds='range(20)'")
-        members = [(member_config(cfg, s), member_dir(cfg, s)) for s in seeds]
+        dirs = rundir.member_dirs(run_dir, seeds)
+        members = [(member_config(cfg, s), dirs[s]) for s in seeds]
     with contextlib.ExitStack() as locks:
         for _, d in members:
             locks.enter_context(RunLock(d))
-        summaries = _train_locked(cfg, members, list(callbacks))
+        try:
+            summaries = _train_locked(cfg, members, list(callbacks))
+        except (RunDirConflict, RunDirBusy):  # those directories are other runs'
+            raise
+        except Exception as e:
+            if len(members) > 1:  # each member's own directory says why it has no summary
+                for _, d in members:
+                    if read_json(summary_path(d)) is None:
+                        record_failure(d, e)
+            raise
+    name = _config.model_name(cfg)
+    if all(s["status"] == "diverged" for s in summaries):
+        raise NonFiniteLoss(" ".join(diverged_message(name, s, d) for s, (_, d) in zip(summaries, members)))
     return summaries[0] if cfg.get("seeds") is None else summaries
 
 
@@ -126,10 +165,17 @@ def _train_locked(cfg: DictConfig, members: list[tuple[DictConfig, Path]],
     done, todo = {}, []
     for member_cfg, d in members:
         claim_run_dir(d, member_cfg)
-        if is_complete(d):
+        summary = read_json(summary_path(d)) or {}
+        if summary.get("status") == "complete":
             print(f"[{name}] seed {member_cfg.seed} complete, skipping: {d}", flush=True)
-            done[d] = read_json(summary_path(d))
+            done[d] = summary
+        elif summary.get("status") == "diverged" and not cfg.run.get("retry_diverged"):
+            print(f"[{name}] seed {member_cfg.seed} diverged at epoch {summary['diverged_epoch']}, skipping "
+                  f"(run.retry_diverged=true retrains it): {d}", flush=True)
+            done[d] = summary
         else:
+            if summary.get("status") == "diverged":  # retry from scratch: its checkpoints led there
+                reset_run(d)
             (d / "failed.json").unlink(missing_ok=True)
             todo.append((member_cfg, d))
     if todo:
@@ -180,16 +226,28 @@ def _fit(cfg: DictConfig, todo: list[tuple[DictConfig, Path]], name: str,
 
     label = name if len(todo) == 1 else f"{name} seeds {','.join(str(c.seed) for c, _ in todo)}"
     logger = make_logger(cfg if len(todo) > 1 else todo[0][0], run_dirs[0], label)
+    summaries = {}
+
+    def on_diverged(member: int, epoch: int, loss: float) -> None:
+        member_cfg, d = todo[member]
+        module.retire(member)
+        summaries[d] = diverged_summary(member_cfg, epoch, loss, len(todo))
+        write_json_atomic(summary_path(d), summaries[d])
+        print(f"[{name}] seed {member_cfg.seed} diverged: loss {loss} at epoch {epoch}; retired, "
+              f"{'the others train on' if len(todo) > 1 else 'stopping'}  -> {d}", flush=True)
+
     trainer = pl.Trainer(**OmegaConf.to_container(cfg.trainer, resolve=True), logger=logger or False,
-                         callbacks=make_callbacks(cfg, run_dirs, label) + callbacks, default_root_dir=str(run_dirs[0]),
+                         callbacks=make_callbacks(cfg, run_dirs, label, on_diverged) + callbacks,
+                         default_root_dir=str(run_dirs[0]),
                          enable_checkpointing=False, enable_progress_bar=False,
                          enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0)
     t0 = time.perf_counter()
-    summaries = {}
     try:
         trainer.fit(module, ckpt_path=str(ckpt_path) if ckpt_path else None)
         fit_time = time.perf_counter() - t0
         for (member_cfg, d), member in zip(todo, module.members()):
+            if d in summaries:  # diverged
+                continue
             summary = final_summary(member_cfg, member, module.data, time.perf_counter() - t0)
             summary["fit_time_s"] = round(fit_time, 4)
             summary["ensemble_size"] = len(todo)
@@ -229,12 +287,13 @@ def job_device(cfg: DictConfig, hc):
 def main(cfg: DictConfig) -> float | None:
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
+    _config.pin_variant(cfg)  # named by this job's overrides, which member configs no longer carry
     try:
         with job_device(cfg, hc):
             result = train(cfg, run_dir)
         return result["test_acc"] if isinstance(result, dict) else [r["test_acc"] for r in result]
     except Exception as e:  # noqa: BLE001  (recorded, then reported below)
-        if not isinstance(e, (RunDirConflict, RunDirBusy)):  # that directory is another run's
+        if not isinstance(e, (RunDirConflict, RunDirBusy, NonFiniteLoss)):  # another run's dir; a result
             record_failure(run_dir, e)
         if hc.mode == RunMode.MULTIRUN:
             # One failed point must not stop the sweep; SweepReport lists failures at the end.

@@ -90,7 +90,7 @@ def test_gpus_launcher_runs_parallel_cpu_jobs_here(tmp_path):
     res = run_module("dmlight.train", "-m", "hydra/launcher=gpus", "data=synthetic", "activation=relu,tanh",
                      "trainer.max_epochs=20", f"paths.output_dir={tmp_path}")
     assert res.returncode == 0, res.stderr[-2000:]
-    summaries = [json.loads(p.read_text()) for p in tmp_path.glob("default/*/*/seed0/summary.json")]
+    summaries = [json.loads(p.read_text()) for p in tmp_path.glob("default/*/*/trainer.max_epochs=20/seed0/summary.json")]
     assert sorted(s["model_name"] for s in summaries) == ["ReLU", "Tanh"]
     assert all(s["device"] == "cpu" and s["torch_threads"] == max(1, (os.cpu_count() or 1) // 2)
                for s in summaries)
@@ -100,4 +100,4 @@ def test_submitit_local_launcher_runs_the_same_sweep(tmp_path):
     res = run_module("dmlight.train", "-m", "hydra/launcher=local", "data=synthetic", "seed=0,1",
                      "trainer.max_epochs=10", f"paths.output_dir={tmp_path}")
     assert res.returncode == 0, res.stderr[-2000:]
-    assert len(list(tmp_path.glob("default/synthetic-raw/ReLU/seed*/summary.json"))) == 2
+    assert len(list(tmp_path.glob("default/synthetic-raw/ReLU/trainer.max_epochs=10/seed*/summary.json"))) == 2

@@ -20,12 +20,15 @@ COMMON = ["experiment=learn_distance_metrics", "trainer.max_epochs=150", "run.ch
 def ensemble_and_solos(tmp_path_factory):
     out = tmp_path_factory.mktemp("ens")
     # Groups of two (members 0,1 then 2): the CPU path that gathers gradients from groups.
-    ens = train(train_cfg(*COMMON, "seeds=[0,1,2]", "run.member_group=2", f"paths.output_dir={out}/ens"),
-                out / "ens_job")
-    solos = [train(train_cfg(*COMMON, f"seed={s}", f"paths.output_dir={out}/solo"),
-                   member_dir(train_cfg(*COMMON, f"seed={s}", f"paths.output_dir={out}/solo"), s))
-             for s in range(3)]
+    ens = train(train_cfg(*COMMON, "seeds=[0,1,2]", "run.member_group=2", f"paths.output_dir={out}/ens"))
+    solos = [train(train_cfg(*COMMON, f"seed={s}", f"paths.output_dir={out}/solo")) for s in range(3)]
     return out, ens, solos
+
+
+def run_dirs(out, seed):
+    """(ensemble member's, solo run's) directory: the same path under the two output dirs."""
+    tail = ("learn_distance_metrics", "mnist5k-raw", "ReLU", "trainer.max_epochs=150", f"seed{seed}")
+    return out.joinpath("ens", *tail), out.joinpath("solo", *tail)
 
 
 def test_members_start_from_their_solo_initial_weights():
@@ -45,8 +48,7 @@ def test_three_member_ensemble_equals_three_solo_runs(ensemble_and_solos):
     assert [s["seed"] for s in ens] == [0, 1, 2]
     for seed, (e, s) in enumerate(zip(ens, solos)):
         # Bit for bit, every epoch: the stacked ops make each member's very calls a solo run makes.
-        e_dir = out / "ens" / "learn_distance_metrics" / "mnist5k-raw" / "ReLU" / f"seed{seed}"
-        s_dir = out / "solo" / "learn_distance_metrics" / "mnist5k-raw" / "ReLU" / f"seed{seed}"
+        e_dir, s_dir = run_dirs(out, seed)
         assert (e_dir / "metrics.csv").read_bytes() == (s_dir / "metrics.csv").read_bytes()
         assert {k: e[k] for k in ("train_loss", "train_acc", "test_acc", "units")} == \
             {k: s[k] for k in ("train_loss", "train_acc", "test_acc", "units")}
@@ -126,8 +128,7 @@ def test_a_bad_member_group_is_a_config_error_naming_it(bad):
 def test_member_directories_look_like_solo_runs(ensemble_and_solos):
     out, ens, solos = ensemble_and_solos
     for seed, (e, s) in enumerate(zip(ens, solos)):
-        e_dir = out / "ens" / "learn_distance_metrics" / "mnist5k-raw" / "ReLU" / f"seed{seed}"
-        s_dir = out / "solo" / "learn_distance_metrics" / "mnist5k-raw" / "ReLU" / f"seed{seed}"
+        e_dir, s_dir = run_dirs(out, seed)
         names = lambda d: sorted(p.relative_to(d).as_posix() for p in d.rglob("*") if p.name != ".lock")  # noqa: E731
         assert names(e_dir) == names(s_dir)
         assert json.loads((e_dir / "summary.json").read_text())["seed"] == seed
@@ -159,10 +160,13 @@ def test_a_crashed_ensemble_resumes_to_the_same_numbers(ensemble_and_solos, tmp_
     original = train_mod.make_callbacks
     monkeypatch.setattr(train_mod, "make_callbacks", lambda *a: original(*a) + [Crash()])
     with pytest.raises(RuntimeError, match="simulated crash"):
-        train(cfg, tmp_path / "job")
+        train(cfg)
     assert not any(member_dir(cfg, s).joinpath("summary.json").exists() for s in range(3))
+    # the crash is recorded in each member's own directory
+    assert [json.loads(member_dir(cfg, s).joinpath("failed.json").read_text())["message"] for s in range(3)] \
+        == ["simulated crash"] * 3
     monkeypatch.setattr(train_mod, "make_callbacks", original)
-    resumed = train(cfg, tmp_path / "job")
+    resumed = train(cfg)
     for r, e in zip(resumed, ens):
         assert (r["train_loss"], r["train_acc"], r["test_acc"]) == (e["train_loss"], e["train_acc"], e["test_acc"])
     assert [int(r["epoch"]) for r in read_metrics(member_dir(cfg, 2))] == list(range(1, 151))
@@ -208,10 +212,19 @@ def test_a_mini_batch_ensemble_equals_its_solo_runs(tmp_path):
     see their solo runs' batches and train to the same bytes."""
     common = ["experiment=learn_distance_metrics", "data.batch_size=1000", "optimizer.lr=0.0005",
               "trainer.max_epochs=4", "run.log_every=2"]
-    train(train_cfg(*common, "seeds=[0,1]", f"paths.output_dir={tmp_path}/ens"), tmp_path / "job")
+    train(train_cfg(*common, "seeds=[0,1]", f"paths.output_dir={tmp_path}/ens"))
     for s in (0, 1):
         solo = train_cfg(*common, f"seed={s}", f"paths.output_dir={tmp_path}/solo")
         train(solo, member_dir(solo, s))
         member = member_dir(train_cfg(*common, f"seed={s}", f"paths.output_dir={tmp_path}/ens"), s)
         assert (member / "metrics.csv").read_bytes() == (member_dir(solo, s) / "metrics.csv").read_bytes()
         assert len(read_metrics(member)) == 4
+
+
+def test_an_ensemble_refuses_a_part_it_has_no_stacked_form_of():
+    """A parametrised part it would otherwise run with the template's (member 0's) weights for all."""
+    nets = [build_network(train_cfg(), seed=s) for s in range(2)]
+    for net in nets:
+        net.neg = torch.nn.LayerNorm(10)
+    with pytest.raises(TypeError, match="no stacked form of neg .LayerNorm.*seed=<s>"):
+        Ensemble(nets)

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import dmlight
-from dmlight.runs import NonFiniteLoss, RunDirConflict, read_metrics
+from dmlight.runs import RunDirConflict, read_metrics
 from dmlight.train import train
 from tests.conftest import run_module, train_cfg
 
@@ -75,14 +75,6 @@ def test_a_run_dir_of_another_config_is_refused(relu_run):
         train(cfg, run_dir)
 
 
-def test_nan_loss_stops_the_run_without_a_summary(tmp_path):
-    cfg = train_cfg("data=synthetic", "optimizer.lr=1e6", "trainer.max_epochs=200", "run.log_every=10")
-    with pytest.raises(NonFiniteLoss, match=r"loss became (nan|inf) at epoch \d+.*optimizer.lr"):
-        train(cfg, tmp_path)
-    assert not (tmp_path / "summary.json").exists()
-    assert not (tmp_path / "checkpoints" / "last.ckpt").exists()  # no checkpoint of a diverged net
-
-
 def test_cli_rejects_an_unknown_arch_listing_the_valid_ones(tmp_path):
     res = run_module("dmlight.train", "arch=mlp3", f"paths.output_dir={tmp_path}")
     assert res.returncode != 0
@@ -106,7 +98,7 @@ def test_multirun_sweep_makes_one_complete_run_dir_per_point(tmp_path):
                      "trainer.max_epochs=20", "trainer.accelerator=cpu", "experiment_name=sweep",
                      f"paths.output_dir={tmp_path}")
     assert res.returncode == 0, res.stderr[-2000:]
-    summaries = sorted(tmp_path.glob("sweep/*/*/seed0/summary.json"))
+    summaries = sorted(tmp_path.glob("sweep/*/*/trainer.max_epochs=20/seed0/summary.json"))
     names = sorted(json.loads(p.read_text())["model_name"] for p in summaries)
     assert names == ["Abs", "Abs2-Neg", "ReLU", "ReLU2-Neg"]
     for p in summaries:
@@ -140,21 +132,25 @@ def test_a_failed_sweep_point_does_not_stop_the_others_and_is_listed(tmp_path):
     res = run_module("dmlight.train", "-m", "data=mnist,synthetic", "experiment_name=a,b", "data.download=false",
                      f"data.data_dir={tmp_path}/no_mnist", "trainer.max_epochs=10", f"paths.output_dir={tmp_path}")
     assert res.returncode == 1
-    complete = sorted(str(p.relative_to(tmp_path).parts[:2]) for p in tmp_path.glob("*/*/*/seed0/summary.json"))
+    complete = sorted(str(p.relative_to(tmp_path).parts[:2])
+                      for p in tmp_path.glob("*/*/*/trainer.max_epochs=10/seed0/summary.json"))
     assert complete == ["('a', 'synthetic-raw')", "('b', 'synthetic-raw')"]
     assert "2 run(s) of this sweep failed" in res.stderr
     assert res.stderr.count("DataError: MNIST not found") >= 2
-    failed = [json.loads(p.read_text()) for p in tmp_path.glob("*/mnist-raw/*/seed0/failed.json")]
+    failed = [json.loads(p.read_text()) for p in tmp_path.glob("*/mnist-raw/*/trainer.max_epochs=10/seed0/failed.json")]
     assert [f["error"] for f in failed] == ["DataError", "DataError"]
     assert not list((tmp_path / ".sweeps").iterdir())  # the sweep cleaned up its failure records
 
 
-def test_trainer_configs_for_cpu_gpu_and_ddp():
+def test_trainer_configs_for_cpu_and_gpu():
     assert train_cfg("trainer=cpu").trainer.accelerator == "cpu"
     gpu = train_cfg("trainer=gpu", "trainer.accelerator=gpu").trainer
     assert (gpu.accelerator, gpu.devices) == ("gpu", 1)
-    ddp = train_cfg("trainer=ddp", "trainer.accelerator=gpu").trainer
-    assert (ddp.strategy, ddp.devices, ddp.max_epochs) == ("ddp", -1, 5000)
+    # Data parallelism buys nothing for ~100k-parameter models: dmlight scales out by runs (README).
+    from hydra.errors import MissingConfigException
+
+    with pytest.raises(MissingConfigException, match="ddp"):
+        train_cfg("trainer=ddp")
 
 
 def test_shuffle_seed_is_part_of_a_mini_batch_runs_identity_only():
