@@ -7,20 +7,31 @@ or from Python: ``build_report(["outputs/learn_distance_metrics"])`` (returns th
 
 Input: every run folder under the given folders (a folder holding config.yaml, summary.json or
 metrics.csv; hidden folders such as .hydra, wandb folders and the report's own folder are not
-searched). A run counts only when its summary.json says "complete"; every other run folder is
-listed as incomplete (report.md and tables/incomplete_runs.csv) and counted nowhere else.
+searched). A run's summary.json status decides what it is:
+    "complete"   its accuracies enter the tables and the scorecard;
+    "diverged"   its training loss became non-finite (summary: diverged_epoch, the first such epoch, 1-based, and
+                 diverged_loss, "nan", "inf" or "-inf"; no accuracies). A finished result, not an incomplete run:
+                 listed in tables/diverged_runs.csv, counted per model ("2 of 20 diverged at epochs 39-70") in
+                 tables/diverged.csv, in the baseline, LEARN and pairwise tables and in the evidence of every claim
+                 that uses the model, and in no mean, curve or test: means are over the complete runs only;
+    anything else, or no summary.json: incomplete, listed in report.md and tables/incomplete_runs.csv and counted
+                 nowhere else.
+Summaries older than the `variant` field (the config overrides that set a run apart, "" for the default config)
+read as variant "". A group (experiment, model) whose runs mix variants, learning rates or hidden widths, or data,
+preprocessing or epochs, is flagged with a warning at the top of report.md.
 Accuracies are read as fractions and shown in percent; differences are percentage points (pp).
 
 Output, in report/ inside the first folder (or report.out):
     report.md       one page: scorecard, every table, every figure
     scorecard.csv   paper, claim_id, claim, status, evidence, threshold
-    tables/*.csv    every table as data (runs, incomplete_runs, baseline, use_scale, use_clip,
-                    use_offset, perturbation_curves, learn_accuracy, learn_pairs, units)
+    tables/*.csv    every table as data (runs, incomplete_runs, diverged, diverged_runs, baseline, use_scale,
+                    use_clip, use_offset, perturbation_curves, learn_accuracy, learn_pairs, units)
     figures/*.png and *.pdf   perturbation, clamp (when swept), test_accuracy, learning_curves_<experiment>
 
 Scorecard. Each numbered claim of shared/PAPERS.md is a list of checks; a claim is
-"replicated" when every check ran and passed, "not replicated" when a check failed, and
-"not run" when a model or perturbation point it needs is absent. USE claims use each run's
+"replicated" when every check ran and passed, "not replicated" when a check failed,
+"not run: diverged" when it could not run and a model it needs diverged on every run, and
+"not run" when a model or perturbation point it needs is otherwise absent. USE claims use each run's
 training-set accuracy against its own unperturbed accuracy (the paper's choice of split), from
 pre-activation sweeps (the paper's site), preferring experiment use_distance_metrics. LEARN
 claims use test accuracy, each model from the experiment the paper trains it in
@@ -140,12 +151,18 @@ class Runs:
     perturbation: pd.DataFrame  # run, experiment, model, site, kind, magnitude, split, unit, accuracy
     units: pd.DataFrame         # run, experiment, model, layer, split, n, dead, rare
     incomplete: pd.DataFrame    # path, reason, experiment, seed, arch, activation, epochs_logged, ...
+    # one row per diverged run (finished with a non-finite training loss): path, experiment, model, seed,
+    # diverged_epoch, diverged_loss, ... (DIVERGED_COLUMNS); counted beside every mean, never in one
+    diverged: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=DIVERGED_COLUMNS))
 
 
 RUN_COLUMNS = ["run", "path", "experiment", "model", "seed", "data", "preprocess", "epochs", "arch", "activation",
-               "head_bias", "lr", "site", "train_loss", "train_acc", "test_acc", "wall_time_s"]
+               "head_bias", "hidden", "lr", "variant", "site", "train_loss", "train_acc", "test_acc", "wall_time_s"]
 INCOMPLETE_COLUMNS = ["path", "reason", "experiment", "seed", "arch", "activation", "epochs_logged",
                       "last_train_acc_pct"]
+DIVERGED_COLUMNS = ["path", "experiment", "model", "seed", "diverged_epoch", "diverged_loss", "variant", "lr", "hidden",
+                    "data", "preprocess", "epochs", "arch", "activation", "head_bias", "site"]
+FINISHED = ("complete", "diverged")  # summary.json statuses of a finished run
 
 
 def find_run_dirs(dirs, skip=()) -> list[Path]:
@@ -222,7 +239,7 @@ def _read_perturbation(path: Path) -> pd.DataFrame:
 
 
 def _incomplete_reason(path: Path) -> tuple[str | None, dict | None]:
-    """(why the run does not count, or None; its summary when it counts)."""
+    """(why the run does not count, or None; its summary when it counts: status "complete" or "diverged")."""
     s = path / "summary.json"
     if not s.exists():
         why = "no summary.json (still running, crashed or failed)"
@@ -240,19 +257,49 @@ def _incomplete_reason(path: Path) -> tuple[str | None, dict | None]:
         summary = json.loads(s.read_text())
     except (OSError, ValueError) as e:
         return f"summary.json unreadable ({e.__class__.__name__})", None
-    if not isinstance(summary, dict) or summary.get("status") != "complete":
+    if not isinstance(summary, dict) or summary.get("status") not in FINISHED:
         status = summary.get("status") if isinstance(summary, dict) else None
-        return f"summary.json status is {status!r}, not 'complete'", None
+        return f"summary.json status is {status!r}, not 'complete' or 'diverged'", None
     return None, summary
 
 
+def _identity(s: dict) -> dict:
+    """The config fields a summary carries whatever its status; `variant` is "" in summaries older than it."""
+    return {"seed": s.get("seed"), "data": s.get("data"), "preprocess": s.get("preprocess"), "epochs": s.get("epochs"),
+            "arch": s.get("arch"), "activation": s.get("activation"), "head_bias": s.get("head_bias"),
+            "hidden": s.get("hidden"), "lr": s.get("lr"), "variant": str(s.get("variant") or ""),
+            "site": s.get("perturbation_site") or "pre_activation"}
+
+
+def _nonfinite_name(x: float) -> str:
+    return "nan" if math.isnan(x) else "inf" if x > 0 else "-inf"
+
+
+def _divergence(s: dict, path: Path) -> tuple[float, str]:
+    """(diverged_epoch, diverged_loss) of a diverged run, from its summary; what the summary lacks is read from
+    metrics.csv (the first epoch whose training loss is not finite), else (NaN, "")."""
+    try:
+        epoch = float(int(s["diverged_epoch"]))
+    except (KeyError, TypeError, ValueError):
+        epoch = math.nan
+    loss = str(s.get("diverged_loss") or "").strip().lower()
+    if (math.isnan(epoch) or not loss) and (path / "metrics.csv").exists():
+        m = _read_metrics(path / "metrics.csv")
+        bad = m[~np.isfinite(m.train_loss.to_numpy(dtype=float))]
+        if len(bad):
+            epoch = float(bad.epoch.iloc[0]) if math.isnan(epoch) else epoch
+            loss = loss or _nonfinite_name(float(bad.train_loss.iloc[0]))
+    return epoch, loss
+
+
 def load_runs(dirs, skip=()) -> Runs:
-    """Read every run folder under `dirs` (see find_run_dirs); incomplete runs go to `.incomplete` only.
+    """Read every run folder under `dirs` (see find_run_dirs); incomplete runs go to `.incomplete` only, diverged runs
+    (summary status "diverged") to `.diverged` only: not to `.runs`, `.metrics` or any mean.
 
         >>> data = load_runs(["outputs/use_distance_metrics"])  # doctest: +SKIP
         >>> data.runs.groupby("model").test_acc.mean()            # doctest: +SKIP
     """
-    run_rows, metrics, perts, units, incomplete = [], [], [], [], []
+    run_rows, metrics, perts, units, incomplete, diverged = [], [], [], [], [], []
     for path in find_run_dirs(dirs, skip):
         why, s = _incomplete_reason(path)
         if why:
@@ -262,13 +309,15 @@ def load_runs(dirs, skip=()) -> Runs:
                    "last_train_acc_pct": _pct(float(m.train_acc.iloc[-1])) if m is not None and len(m) else math.nan}
             incomplete.append(row)
             continue
-        run = len(run_rows)
         model = s.get("model_name") or f"{s.get('arch', '?')}/{s.get('activation', '?')}"
+        if s["status"] == "diverged":  # a finished result without accuracies: listed and counted, in no mean
+            epoch, loss = _divergence(s, path)
+            diverged.append({"path": str(path), "experiment": str(s.get("experiment", "?")), "model": model,
+                             "diverged_epoch": epoch, "diverged_loss": loss, **_identity(s)})
+            continue
+        run = len(run_rows)
         key = {"run": run, "experiment": str(s.get("experiment", "?")), "model": model}
-        run_rows.append({**key, "path": str(path), "seed": s.get("seed"), "data": s.get("data"),
-                         "preprocess": s.get("preprocess"), "epochs": s.get("epochs"), "arch": s.get("arch"),
-                         "activation": s.get("activation"), "head_bias": s.get("head_bias"), "lr": s.get("lr"),
-                         "site": s.get("perturbation_site") or "pre_activation",
+        run_rows.append({**key, "path": str(path), **_identity(s),
                          **{k: float(s[k]) if s.get(k) is not None else math.nan
                             for k in ("train_loss", "train_acc", "test_acc", "wall_time_s")}})
         if (path / "metrics.csv").exists():
@@ -294,6 +343,7 @@ def load_runs(dirs, skip=()) -> Runs:
         perturbation=frame(perts, key_cols + ["site", "kind", "magnitude", "split", "unit", "accuracy"]),
         units=frame(units, key_cols + ["layer", "split", "n", "dead", "rare"]),
         incomplete=frame(incomplete, INCOMPLETE_COLUMNS),
+        diverged=frame(diverged, DIVERGED_COLUMNS),
     )
 
 
@@ -346,6 +396,86 @@ def _nearest(magnitudes, point: float, rel_tol: float):
     return best if abs(best - point) <= rel_tol * abs(point) + 1e-12 else None
 
 
+# ----------------------------------------------------------------------------- diverged runs
+
+def diverged_text(n_runs: int, epochs) -> str:
+    """How many of a group's `n_runs` runs diverged, and at which epochs (one per diverged run, NaN when unknown);
+    "" when none did.
+
+        >>> diverged_text(20, [39, 70])
+        '2 of 20 diverged at epochs 39-70'
+        >>> diverged_text(5, [39.0])
+        '1 of 5 diverged at epoch 39'
+        >>> diverged_text(5, [])
+        ''
+    """
+    epochs = list(epochs)
+    if not epochs:
+        return ""
+    known = sorted(int(e) for e in epochs if not pd.isna(e))
+    text = f"{len(epochs)} of {n_runs} diverged"
+    if known:
+        text += f" at epoch {known[0]}" if known[0] == known[-1] else f" at epochs {known[0]}-{known[-1]}"
+    return text
+
+
+def _diverged_rows(data: Runs, experiment: str | None = None, model: str | None = None, site: str | None = None):
+    d = data.diverged
+    if experiment is not None:
+        d = d[d.experiment == experiment]
+    if model is not None:
+        d = d[d.model == model]
+    if site is not None:
+        d = d[d.site == site]
+    return d
+
+
+def _divergence_note(data: Runs, experiment: str, model: str, site: str | None = None) -> str:
+    """'2 of 5 diverged at epochs 39-70' for one (experiment, model) group, counting its finished and diverged runs;
+    "" when none diverged."""
+    d = _diverged_rows(data, experiment, model, site)
+    if not len(d):
+        return ""
+    r = data.runs
+    finished = (r.experiment == experiment) & (r.model == model) & ((r.site == site) if site is not None else True)
+    return diverged_text(int(finished.sum()) + len(d), d.diverged_epoch)
+
+
+def _groups(data: Runs) -> list[tuple[str, str]]:
+    """Every (experiment, model) with a finished run, complete or diverged, in the papers' order."""
+    keys = {tuple(k) for k in data.runs[["experiment", "model"]].values.tolist()}
+    keys |= {tuple(k) for k in data.diverged[["experiment", "model"]].values.tolist()}
+    return sorted(keys, key=_group_key)
+
+
+def divergence_table(data: Runs) -> pd.DataFrame:
+    """Per (experiment, model): finished runs (`runs`), how many completed and how many diverged, the first and last
+    divergence epoch, the non-finite losses seen, and the text the report prints
+    ('2 of 20 diverged at epochs 39-70')."""
+    rows = []
+    for exp, model in _groups(data):
+        n_ok = int(((data.runs.experiment == exp) & (data.runs.model == model)).sum())
+        d = _diverged_rows(data, exp, model)
+        e = d.diverged_epoch.dropna()
+        losses = d.diverged_loss.fillna("").astype(str).replace("", "?").value_counts()
+        rows.append({"experiment": exp, "model": model, "runs": n_ok + len(d), "complete": n_ok, "diverged": len(d),
+                     "first_diverged_epoch": e.min() if len(e) else math.nan,
+                     "last_diverged_epoch": e.max() if len(e) else math.nan,
+                     "diverged_losses": ", ".join(f"{k} x{v}" for k, v in sorted(losses.items())),
+                     "diverged_text": diverged_text(n_ok + len(d), d.diverged_epoch)})
+    out = pd.DataFrame(rows, columns=["experiment", "model", "runs", "complete", "diverged", "first_diverged_epoch",
+                                      "last_diverged_epoch", "diverged_losses", "diverged_text"])
+    return out.astype({"first_diverged_epoch": "Int64", "last_diverged_epoch": "Int64"})  # 39, not 39.0
+
+
+def diverged_runs_table(data: Runs) -> pd.DataFrame:
+    """One row per diverged run: path, experiment, model, seed, diverged_epoch, diverged_loss and its settings."""
+    d = data.diverged.copy()
+    d["_key"] = [(_group_key((e, m)), str(s)) for e, m, s in zip(d.experiment, d.model, d.seed)]
+    d = d.sort_values("_key").drop(columns="_key").reset_index(drop=True)
+    return d.astype({"diverged_epoch": "Float64"}).astype({"diverged_epoch": "Int64"})
+
+
 # ----------------------------------------------------------------------------- tables
 
 def runs_table(data: Runs) -> pd.DataFrame:
@@ -357,15 +487,21 @@ def runs_table(data: Runs) -> pd.DataFrame:
 
 
 def baseline_table(data: Runs) -> pd.DataFrame:
-    """Per (experiment, model): n runs, setting, train/test accuracy % and train loss (mean, std), published beside."""
+    """Per (experiment, model): n complete runs (the means are over these), runs finished in all and how many of them
+    diverged (with the text '2 of 5 diverged at epochs 39-70'), setting, train/test accuracy % and train loss
+    (mean, std), published beside. A model whose every run diverged has a row with n = 0 and no means."""
     rows = []
-    for (exp, model), g in sorted(data.runs.groupby(["experiment", "model"]), key=lambda kv: _group_key(kv[0])):
+    for exp, model in _groups(data):
+        g = data.runs[(data.runs.experiment == exp) & (data.runs.model == model)]
+        d = _diverged_rows(data, exp, model)
+        both = pd.concat([g[["data", "preprocess", "epochs"]], d[["data", "preprocess", "epochs"]]])
         pubd = _published_baseline(exp, model)
-        row = {"experiment": exp, "model": model, "n": len(g),
+        row = {"experiment": exp, "model": model, "n": len(g), "runs": len(g) + len(d), "diverged": len(d),
+               "diverged_text": diverged_text(len(g) + len(d), d.diverged_epoch),
                "seeds": " ".join(str(s) for s in sorted(g.seed.dropna().unique())),
-               "data": ",".join(sorted(g.data.dropna().astype(str).unique())),
-               "preprocess": ",".join(sorted(g.preprocess.dropna().astype(str).unique())),
-               "epochs": ",".join(str(e) for e in sorted(g.epochs.dropna().unique()))}
+               "data": ",".join(sorted(both.data.dropna().astype(str).unique())),
+               "preprocess": ",".join(sorted(both.preprocess.dropna().astype(str).unique())),
+               "epochs": ",".join(str(e) for e in sorted(both.epochs.dropna().unique()))}
         for col, scale in (("train_acc", 100.0), ("test_acc", 100.0), ("train_loss", 1.0)):
             mean, std, _ = mean_std(g[col] * scale)
             name = col.replace("_acc", "_acc_pct")
@@ -375,7 +511,8 @@ def baseline_table(data: Runs) -> pd.DataFrame:
             row[f"published_{col}_mean"], row[f"published_{col}_std"] = m, s
         row["published_source"] = pubd["source"]
         rows.append(row)
-    cols = ["experiment", "model", "n", "seeds", "data", "preprocess", "epochs"] + [
+    cols = ["experiment", "model", "n", "runs", "diverged", "diverged_text", "seeds", "data", "preprocess",
+            "epochs"] + [
         f"{p}{c}_{s}" for p in ("", "published_") for c in ("train_acc_pct", "test_acc_pct", "train_loss")
         for s in ("mean", "std")] + ["published_source"]
     return pd.DataFrame(rows, columns=cols)
@@ -439,17 +576,23 @@ def perturbation_curves(data: Runs) -> pd.DataFrame:
 
 
 def learn_table(data: Runs) -> pd.DataFrame:
-    """Test accuracy (%) per (experiment, model): mean, std, 95% CI (Student t, SEM), n; published beside."""
+    """Test accuracy (%) per (experiment, model): mean, std, 95% CI (Student t, SEM) over the n complete runs, runs
+    finished and diverged beside them; published beside."""
     rows = []
-    for (exp, model), g in sorted(data.runs.groupby(["experiment", "model"]), key=lambda kv: _group_key(kv[0])):
+    for exp, model in _groups(data):
+        g = data.runs[(data.runs.experiment == exp) & (data.runs.model == model)]
+        d = _diverged_rows(data, exp, model)
         mean, std, n = mean_std(_pct(g.test_acc))
         _, lo, hi = mean_ci(_pct(g.test_acc))
         pm, ps = _published_baseline(exp, model).get("test", (math.nan, math.nan))
         dm, ds = pub.LEARN_TEST_DISCUSSION.get(model, (math.nan, math.nan))
-        rows.append({"experiment": exp, "model": model, "n": n, "mean_pct": mean, "std_pct": std,
+        rows.append({"experiment": exp, "model": model, "n": n, "runs": len(g) + len(d), "diverged": len(d),
+                     "diverged_text": diverged_text(len(g) + len(d), d.diverged_epoch),
+                     "mean_pct": mean, "std_pct": std,
                      "ci_lo_pct": lo, "ci_hi_pct": hi, "published_mean_pct": pm, "published_std_pct": ps,
                      "published_discussion_mean_pct": dm, "published_discussion_std_pct": ds})
-    return pd.DataFrame(rows, columns=["experiment", "model", "n", "mean_pct", "std_pct", "ci_lo_pct", "ci_hi_pct",
+    return pd.DataFrame(rows, columns=["experiment", "model", "n", "runs", "diverged", "diverged_text",
+                                       "mean_pct", "std_pct", "ci_lo_pct", "ci_hi_pct",
                                        "published_mean_pct", "published_std_pct", "published_discussion_mean_pct",
                                        "published_discussion_std_pct"])
 
@@ -485,10 +628,13 @@ def pairs_table(data: Runs, pairs=DEFAULT_PAIRS) -> pd.DataFrame:
         else:
             implied = math.nan
         rows.append({"a": a, "b": b, "experiment_a": exp_a, "experiment_b": exp_b, "n_a": len(xa), "n_b": len(xb),
+                     "diverged_a": len(_diverged_rows(data, exp_a, a)),
+                     "diverged_b": len(_diverged_rows(data, exp_b, b)),
                      "mean_a_pct": xa.mean(), "mean_b_pct": xb.mean(), "diff_pp": xa.mean() - xb.mean(),
                      "t": t, "dof": dof, "p": p, "d": cohens_d(xa, xb),
                      "published_t": pt, "published_p": pp, "published_abs_d": pd_, "published_means_imply_t": implied})
-    return pd.DataFrame(rows, columns=["a", "b", "experiment_a", "experiment_b", "n_a", "n_b", "mean_a_pct",
+    return pd.DataFrame(rows, columns=["a", "b", "experiment_a", "experiment_b", "n_a", "n_b", "diverged_a",
+                                       "diverged_b", "mean_a_pct",
                                        "mean_b_pct", "diff_pp", "t", "dof", "p", "d", "published_t", "published_p",
                                        "published_abs_d", "published_means_imply_t"])
 
@@ -512,6 +658,7 @@ def units_table(data: Runs) -> pd.DataFrame:
 # ----------------------------------------------------------------------------- scorecard
 
 REPLICATED, NOT_REPLICATED, NOT_RUN = "replicated", "not replicated", "not run"
+NOT_RUN_DIVERGED = "not run: diverged"  # a model the claim needs diverged on every run
 
 # USE claim 3 per model: offsets that keep baseline (lo, hi), and |offset| from which it must be lost:
 # "ReLU keeps baseline only within about -3%..+2%" (the paper's next points out are -5% and +5%),
@@ -533,13 +680,42 @@ CLAIMS = {
 }
 
 
-def _status(checks) -> str:
-    """A claim is replicated only when every check ran and passed."""
+def _status(checks, diverged=()) -> str:
+    """A claim is replicated only when every check ran and passed. A claim that could not run, and needs a model
+    whose every run diverged (`diverged`: those models), is 'not run: diverged'."""
     if any(c is False for c in checks):
         return NOT_REPLICATED
     if not checks or any(c is None for c in checks):
-        return NOT_RUN
+        return NOT_RUN_DIVERGED if diverged else NOT_RUN
     return REPLICATED
+
+
+def _claim_models(paper: str, claim: int, sfx: str = "") -> tuple[str, ...]:
+    """The models a claim's checks read (LEARN claim 5: claims 1-4 on the _Bias models)."""
+    if paper == "USE":
+        return tuple(pub.USE_MODELS)
+    if claim == 5:
+        return tuple(dict.fromkeys(m for sub in (1, 2, 3, 4) for m in _claim_models(paper, sub, "_Bias")))
+    return tuple(m + sfx for m in {1: ("ReLU", "Abs"), 2: ("ReLU", "ReLU2"), 3: ("ReLU", "ReLU2-Neg"),
+                                   4: ("Abs", "Abs2", "Abs2-Neg"),
+                                   6: ("ReLU", "Abs", "ReLU-L2", "ReLU-L2-Neg", "Abs-L2", "Abs-L2-Neg")}[claim])
+
+
+def _all_diverged(data: Runs, model: str, use: bool) -> bool:
+    """True when `model` has diverged runs and no complete one a claim could read (USE: at the pre-activation site)."""
+    r, d = data.runs[data.runs.model == model], _diverged_rows(data, model=model)
+    if use:
+        r, d = r[r.site == "pre_activation"], d[d.site == "pre_activation"]
+    return len(d) > 0 and not len(r)
+
+
+def _absent_note(data: Runs, model: str, prefer: str, site: str | None = None) -> str:
+    """' (5 of 5 diverged at epochs 39-70, learn_distance_metrics)' for a model a claim lacks, from the experiment it
+    would have come from (`prefer`, else the one with most diverged runs of it); "" when none of its runs diverged."""
+    d = _diverged_rows(data, model=model, site=site)
+    exp = _pick(d.experiment.value_counts().to_dict(), prefer)
+    note = _divergence_note(data, exp, model, site) if exp is not None else ""
+    return f" ({note}, {exp})" if note else ""
 
 
 def _use_drops(data: Runs, model: str, kind: str):
@@ -556,7 +732,8 @@ def _use_drops(data: Runs, model: str, kind: str):
     drops = drop.groupby(k.magnitude).mean().dropna().sort_index()
     if not len(drops) or not len(base):
         return None
-    return f"{model} [{exp}, n={len(base)}]", drops
+    note = _divergence_note(data, exp, model, "pre_activation")
+    return f"{model} [{exp}, n={len(base)}" + (f", {note}" if note else "") + "]", drops
 
 
 def _snap(drops: pd.Series, x: float, th: Thresholds) -> float:
@@ -604,7 +781,8 @@ def _use_claim(data: Runs, claim: int, th: Thresholds):
             got = _use_drops(data, model, kind)
             if got is None:
                 checks.append(None)
-                ev.append(f"{model}: no {kind} sweep")
+                ev.append(f"{model}: no {kind} sweep" + _absent_note(data, model, "use_distance_metrics",
+                                                                     "pre_activation"))
                 continue
             label, drops = got
             ok, text = _keeps(drops, lo, hi, th, kind)
@@ -614,7 +792,8 @@ def _use_claim(data: Runs, claim: int, th: Thresholds):
             got = _use_drops(data, model, "offset")
             if got is None:
                 checks.append(None)
-                ev.append(f"{model}: no offset sweep")
+                ev.append(f"{model}: no offset sweep" + _absent_note(data, model, "use_distance_metrics",
+                                                                     "pre_activation"))
                 continue
             label, drops = got
             keep_lo, keep_hi, edge = USE_CLAIM_3_WINDOWS[model]
@@ -628,7 +807,8 @@ def _use_claim(data: Runs, claim: int, th: Thresholds):
             got = {kind: _use_drops(data, model, kind) for kind in USE_KINDS}
             if any(v is None for v in got.values()):
                 checks.append(None)
-                ev.append(f"{model}: missing sweep(s) " + ", ".join(k for k, v in got.items() if v is None))
+                ev.append(f"{model}: missing sweep(s) " + ", ".join(k for k, v in got.items() if v is None)
+                          + _absent_note(data, model, "use_distance_metrics", "pre_activation"))
                 continue
             label = got["offset"][0]
             at = {}
@@ -653,12 +833,15 @@ def _acc_stats(data: Runs, model: str):
     if exp is None or not len(x):
         return None
     mean, std, n = mean_std(x)
-    return {"model": model, "exp": exp, "x": x, "mean": mean, "std": std, "n": n,
-            "text": f"{model} {mean:.2f}" + (f" ± {std:.2f}" if not math.isnan(std) else "") + f" (n={n}, {exp})"}
+    note = _divergence_note(data, exp, model)  # the mean is over the complete runs; the diverged are named beside
+    return {"model": model, "exp": exp, "x": x, "mean": mean, "std": std, "n": n, "note": note,
+            "text": f"{model} {mean:.2f}" + (f" ± {std:.2f}" if not math.isnan(std) else "")
+                    + f" (n={n}, " + (f"{note}, " if note else "") + f"{exp})"}
 
 
-def _missing(*stats_and_names):
-    return [name for s, name in stats_and_names if s is None]
+def _missing(data: Runs, *stats_and_names):
+    """The names of the absent models, each with its diverged runs when it has some: 'ReLU2 (5 of 5 diverged ...)'."""
+    return [name + _absent_note(data, name, _home_experiment(name)) for s, name in stats_and_names if s is None]
 
 
 def _learn_claim(data: Runs, claim: int, th: Thresholds, sfx: str = ""):
@@ -670,7 +853,7 @@ def _learn_claim(data: Runs, claim: int, th: Thresholds, sfx: str = ""):
     if claim == 1:
         relu, abs_ = get("ReLU"), get("Abs")
         if relu is None or abs_ is None:
-            return [None], ["missing " + ", ".join(_missing((relu, "ReLU" + sfx), (abs_, "Abs" + sfx)))]
+            return [None], ["missing " + ", ".join(_missing(data, (relu, "ReLU" + sfx), (abs_, "Abs" + sfx)))]
         diff = relu["mean"] - abs_["mean"]
         t, dof, p = independent_ttest(relu["x"], abs_["x"])
         return [bool(abs(diff) <= th.same_pp)], [f"{relu['text']} vs {abs_['text']}: difference {diff:+.2f} pp "
@@ -678,7 +861,7 @@ def _learn_claim(data: Runs, claim: int, th: Thresholds, sfx: str = ""):
     if claim == 2:
         relu, relu2 = get("ReLU"), get("ReLU2")
         if relu is None or relu2 is None:
-            return [None], ["missing " + ", ".join(_missing((relu, "ReLU" + sfx), (relu2, "ReLU2" + sfx)))]
+            return [None], ["missing " + ", ".join(_missing(data, (relu, "ReLU" + sfx), (relu2, "ReLU2" + sfx)))]
         drop = relu["mean"] - relu2["mean"]
         checks.append(bool(drop >= th.collapse_pp))
         ev.append(f"{relu2['text']} vs {relu['text']}: drop {drop:.2f} pp")
@@ -703,12 +886,12 @@ def _learn_claim(data: Runs, claim: int, th: Thresholds, sfx: str = ""):
     if claim == 3:
         relu, neg = get("ReLU"), get("ReLU2-Neg")
         if relu is None or neg is None:
-            return [None], ["missing " + ", ".join(_missing((relu, "ReLU" + sfx), (neg, "ReLU2-Neg" + sfx)))]
+            return [None], ["missing " + ", ".join(_missing(data, (relu, "ReLU" + sfx), (neg, "ReLU2-Neg" + sfx)))]
         gap = relu["mean"] - neg["mean"]
         return [bool(gap <= th.same_pp)], [f"{neg['text']} vs {relu['text']}: {gap:.2f} pp below"]
     if claim == 4:
         abs_, abs2, neg = get("Abs"), get("Abs2"), get("Abs2-Neg")
-        missing = _missing((abs_, "Abs" + sfx), (abs2, "Abs2" + sfx), (neg, "Abs2-Neg" + sfx))
+        missing = _missing(data, (abs_, "Abs" + sfx), (abs2, "Abs2" + sfx), (neg, "Abs2-Neg" + sfx))
         if missing:
             ev.append("missing " + ", ".join(missing))
         if abs_ is not None and abs2 is not None:
@@ -738,13 +921,14 @@ def _learn_claim(data: Runs, claim: int, th: Thresholds, sfx: str = ""):
                 if m is None or base is None:
                     continue
                 checks.append(bool(m["mean"] - base["mean"] > th.beat_pp))
-                ev.append(f"{m['text']}: {m['mean'] - base['mean']:+.2f} pp vs {act} {base['mean']:.2f}")
+                ev.append(f"{m['text']}: {m['mean'] - base['mean']:+.2f} pp vs {act} {base['mean']:.2f}"
+                          + (f" ({base['note']}, {base['exp']})" if base["note"] else ""))
                 checks.append(None if math.isnan(m["std"]) else bool(m["std"] <= th.small_std_pp))
             if l2 is not None and l2neg is not None:
                 gap = l2["mean"] - l2neg["mean"]
                 checks.append(bool(abs(gap) <= th.same_pp))
                 ev.append(f"{act}-L2 minus {act}-L2-Neg {gap:+.2f} pp")
-            missing = _missing((base, act), (l2, act + "-L2"), (l2neg, act + "-L2-Neg"))
+            missing = _missing(data, (base, act), (l2, act + "-L2"), (l2neg, act + "-L2-Neg"))
             if missing:
                 checks.append(None)
                 ev.append("missing " + ", ".join(missing))
@@ -774,8 +958,9 @@ def _threshold_text(paper: str, claim: int, th: Thresholds) -> str:
 
 
 def scorecard(data: Runs, th: Thresholds = THRESHOLDS) -> pd.DataFrame:
-    """One row per numbered claim of the two papers: status (replicated / not replicated / not run),
-    the numbers it rests on, and the rule it was held to.
+    """One row per numbered claim of the two papers: status (replicated / not replicated / not run /
+    not run: diverged), the numbers it rests on (each model's diverged runs named beside its mean), and the rule
+    it was held to.
 
         >>> scorecard(load_runs(["outputs"]))[["paper", "claim_id", "status"]]  # doctest: +SKIP
     """
@@ -788,10 +973,12 @@ def scorecard(data: Runs, th: Thresholds = THRESHOLDS) -> pd.DataFrame:
             for sub in (1, 2, 3, 4):
                 c, e = _learn_claim(data, sub, th, "_Bias")
                 checks += c
-                ev.append(f"claim {sub} with bias: {_status(c)} ({'; '.join(e)})")
+                gone = [m for m in _claim_models(paper, sub, "_Bias") if _all_diverged(data, m, False)]
+                ev.append(f"claim {sub} with bias: {_status(c, gone)} ({'; '.join(e)})")
         else:
             checks, ev = _learn_claim(data, cid, th)
-        rows.append({"paper": paper, "claim_id": cid, "claim": text, "status": _status(checks),
+        diverged = [m for m in _claim_models(paper, cid) if _all_diverged(data, m, paper == "USE")]
+        rows.append({"paper": paper, "claim_id": cid, "claim": text, "status": _status(checks, diverged),
                      "evidence": "; ".join(ev), "threshold": _threshold_text(paper, cid, th)})
     return pd.DataFrame(rows, columns=["paper", "claim_id", "claim", "status", "evidence", "threshold"])
 
@@ -938,6 +1125,10 @@ def _num(x, nd: int = 2) -> str:
     return f"{x:.{nd}f}" if isinstance(x, (float, np.floating)) else str(x)
 
 
+def _int(x) -> str:
+    return "" if pd.isna(x) else str(int(x))
+
+
 def _pm(mean, std, nd: int = 2) -> str:
     if mean is None or math.isnan(mean):
         return ""
@@ -969,8 +1160,8 @@ def md_table(df: pd.DataFrame) -> str:
 
 def _md_baseline(t: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame({
-        "experiment": t.experiment, "model": t.model, "n": t.n, "data": t.data + " " + t.preprocess,
-        "epochs": t.epochs,
+        "experiment": t.experiment, "model": t.model, "n": t.n, "diverged": t.diverged_text,
+        "data": t.data + " " + t.preprocess, "epochs": t.epochs,
         "train acc %": [_pm(m, s) for m, s in zip(t.train_acc_pct_mean, t.train_acc_pct_std)],
         "published": [_pm(m, s) for m, s in zip(t.published_train_acc_pct_mean, t.published_train_acc_pct_std)],
         "test acc %": [_pm(m, s) for m, s in zip(t.test_acc_pct_mean, t.test_acc_pct_std)],
@@ -1006,7 +1197,7 @@ def _md_use_points(t: pd.DataFrame) -> pd.DataFrame:
 
 def _md_learn(t: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame({
-        "experiment": t.experiment, "model": t.model, "n": t.n,
+        "experiment": t.experiment, "model": t.model, "n": t.n, "diverged": t.diverged_text,
         "test acc % (mean ± std)": [_pm(m, s) for m, s in zip(t.mean_pct, t.std_pct)],
         "95% CI": ["" if math.isnan(lo) else f"{lo:.2f} .. {hi:.2f}" for lo, hi in zip(t.ci_lo_pct, t.ci_hi_pct)],
         "published": [_pm(m, s) for m, s in zip(t.published_mean_pct, t.published_std_pct)],
@@ -1016,7 +1207,9 @@ def _md_learn(t: pd.DataFrame) -> pd.DataFrame:
 
 def _md_pairs(t: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame({
-        "a vs b": t.a + " vs " + t.b, "n": t.n_a.astype(str) + " / " + t.n_b.astype(str),
+        "a vs b": t.a + " vs " + t.b,
+        "n": [f"{na}{f' ({da} diverged)' if da else ''} / {nb}{f' ({db} diverged)' if db else ''}"
+              for na, da, nb, db in zip(t.n_a, t.diverged_a, t.n_b, t.diverged_b)],
         "diff pp": [_num(v) for v in t.diff_pp], "t": [_num(v) for v in t.t],
         "dof": [_num(v, 0) for v in t.dof], "p": [_p(v) for v in t.p], "d": [_num(v) for v in t.d],
         "published t": [_num(v) for v in t.published_t], "published p": t.published_p,
@@ -1032,9 +1225,35 @@ def _md_units(t: pd.DataFrame) -> pd.DataFrame:
         "rare (<1% of samples)": [_pm(m, s) for m, s in zip(t.rare_mean, t.rare_std)], "published": t.published})
 
 
-def _warnings(data: Runs) -> list[str]:
-    """Things a reader must know before trusting a mean: mixed settings in a group, repeated seeds."""
+def _setting(v) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "?"
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
+def _mixed_variants(data: Runs) -> list[str]:
+    """Groups whose finished runs (complete or diverged) mix variants, learning rates or hidden widths. A variant
+    absent from an older summary reads as "" (the default config); an absent lr or hidden is not a difference."""
+    cols = ["experiment", "model", "variant", "lr", "hidden"]
+    both = pd.concat([data.runs[cols].assign(diverged=0), data.diverged[cols].assign(diverged=1)], ignore_index=True)
+    both["variant"] = both.variant.fillna("").astype(str)
     out = []
+    for (exp, model), g in both.groupby(["experiment", "model"]):
+        if g.variant.nunique() < 2 and g.lr.dropna().map(_setting).nunique() < 2 \
+                and g.hidden.dropna().map(_setting).nunique() < 2:
+            continue
+        parts = []
+        for (variant, lr, hidden), h in g.groupby([g.variant, g.lr.map(_setting), g.hidden.map(_setting)]):
+            parts.append(f"variant={variant!r} lr={lr} hidden={hidden} ({len(h)} run(s)"
+                         + (f", {int(h.diverged.sum())} diverged" if h.diverged.sum() else "") + ")")
+        out.append(f"{model} [{exp}] mixes variants " + "; ".join(parts)
+                   + ": its mean and its diverged count pool different settings")
+    return out
+
+
+def _warnings(data: Runs) -> list[str]:
+    """Things a reader must know before trusting a mean: mixed settings or variants in a group, repeated seeds."""
+    out = _mixed_variants(data)
     for (exp, model), g in data.runs.groupby(["experiment", "model"]):
         settings = g[["data", "preprocess", "epochs"]].astype(str).drop_duplicates()
         if len(settings) > 1:
@@ -1064,18 +1283,21 @@ def write_markdown(out: Path, dirs, data: Runs, tables: dict, card: pd.DataFrame
     lines = ["# dmlight report", "",
              f"Runs read from: {', '.join(f'`{d}`' for d in dirs)}. "
              f"**{len(data.runs)} complete runs**, {len(data.incomplete)} incomplete "
-             "(listed at the end, counted nowhere). "
+             f"(listed at the end, counted nowhere), {len(data.diverged)} diverged (finished with a non-finite "
+             "training loss: counted beside each mean, never in one). "
              "Accuracies in %, differences in percentage points (pp). Every table is also in `tables/` as CSV.", ""]
     for w in _warnings(data):
         lines += [f"> **Warning:** {w}", ""]
     lines += ["## Scorecard", "",
               f"{counts.get(REPLICATED, 0)} replicated, {counts.get(NOT_REPLICATED, 0)} not replicated, "
-              f"{counts.get(NOT_RUN, 0)} not run (`scorecard.csv`). A claim is replicated when every check ran and "
-              "passed; thresholds are listed under Notes.", "",
+              f"{counts.get(NOT_RUN, 0)} not run, {counts.get(NOT_RUN_DIVERGED, 0)} not run: diverged "
+              "(`scorecard.csv`). A claim is replicated when every check ran and passed; it is not run: diverged "
+              "when a model it needs diverged on every run. Thresholds are listed under Notes.", "",
               md_table(pd.DataFrame({"paper": card.paper, "claim": card.claim_id.astype(str), "statement": card.claim,
                                      "status": ["**" + s + "**" for s in card.status], "evidence": card.evidence})), ""]
     lines += ["## Runs and baseline", "", "Train/test accuracy and train loss at the end of training, mean ± std over "
-              "runs, published beside (USE baseline or LEARN test accuracy). `tables/baseline.csv`, `tables/runs.csv`.",
+              "the n complete runs, published beside (USE baseline or LEARN test accuracy); diverged runs are counted "
+              "beside, never in the mean. `tables/baseline.csv`, `tables/runs.csv`.",
               "", md_table(_md_baseline(tables["baseline"])), ""]
     lines += ["## USE: perturbation (Neural Networks Use Distance Metrics)", ""]
     if "perturbation" in fig:
@@ -1091,7 +1313,7 @@ def write_markdown(out: Path, dirs, data: Runs, tables: dict, card: pd.DataFrame
     if "clamp" in fig:
         lines += ["### clamp (LEARN)", "", f"![clamp]({fig['clamp']})", ""]
     lines += ["## LEARN: test accuracy (Neural Networks Learn Distance Metrics)", "",
-              "Mean ± std over runs, 95% CI by Student t (n-1 dof, SEM); published beside (the paper's discussion "
+              "Mean ± std over the n complete runs (diverged runs counted beside), 95% CI by Student t (n-1 dof, SEM); published beside (the paper's discussion "
               "quotes other values for some models).", "", md_table(_md_learn(tables["learn_accuracy"])), ""]
     if "test_accuracy" in fig:
         lines += [f"![test accuracy]({fig['test_accuracy']})", ""]
@@ -1104,6 +1326,20 @@ def write_markdown(out: Path, dirs, data: Runs, tables: dict, card: pd.DataFrame
               md_table(_md_units(tables["units"])), ""]
     curves = [k for k in fig if k.startswith("learning_curves_")]
     lines += ["## Learning curves", ""] + ([f"![{k}]({fig[k]})\n" for k in curves] or ["_No metrics.csv found._", ""])
+    lines += ["## Diverged runs", "", f"Runs whose training loss became non-finite: {len(data.diverged)}. They "
+              "finished (a deterministic result of the model and its settings), so they are not incomplete, but they "
+              "have no accuracy: every mean is over the runs that completed, with this count beside it. A claim that "
+              "needs a model whose every run diverged is not run: diverged. `tables/diverged.csv` (per model), "
+              "`tables/diverged_runs.csv` (per run).", ""]
+    if len(data.diverged):
+        div = tables["diverged"]
+        div = div[div.diverged > 0]
+        div = div.assign(**{c: [_int(v) for v in div[c]] for c in ("first_diverged_epoch", "last_diverged_epoch")})
+        per_run = tables["diverged_runs"][["path", "experiment", "model", "seed", "diverged_epoch", "diverged_loss",
+                                           "variant", "lr"]]
+        per_run = per_run.assign(diverged_epoch=[_int(v) for v in per_run.diverged_epoch],
+                                 lr=[_setting(v) for v in per_run.lr])
+        lines += [md_table(div.fillna("").astype(str)), "", md_table(per_run.fillna("").astype(str)), ""]
     shown = data.incomplete.assign(last_train_acc_pct=[_num(v) for v in data.incomplete.last_train_acc_pct])
     lines += ["## Incomplete runs", "", f"Run folders without a complete summary.json: {len(data.incomplete)}. "
               "They are counted in no table. `tables/incomplete_runs.csv`.", "",
@@ -1165,14 +1401,18 @@ def build_report(dirs, out=None, wandb: bool = False, pairs=None, thresholds: Th
         raise ValueError("report: give at least one folder of runs, e.g. python -m dmlight.report outputs/learn_bias")
     out = Path(out) if out is not None else dirs[0] / "report"
     data = load_runs(dirs, skip=[out])
-    _log(f"runs found: {len(data.runs) + len(data.incomplete)} under {', '.join(map(str, dirs))}: "
-         f"{len(data.runs)} complete, {len(data.incomplete)} incomplete")
+    _log(f"runs found: {len(data.runs) + len(data.incomplete) + len(data.diverged)} under "
+         f"{', '.join(map(str, dirs))}: {len(data.runs)} complete, {len(data.incomplete)} incomplete, "
+         f"{len(data.diverged)} diverged")
     for path, why in zip(data.incomplete.path, data.incomplete.reason):
         _log(f"  incomplete: {path}: {why}")
+    for r in data.diverged.itertuples():
+        _log(f"  diverged: {r.path}: loss {r.diverged_loss or '?'} at epoch {_int(r.diverged_epoch) or '?'}")
     for w in _warnings(data):
         _log(f"warning: {w}")
 
-    tables = {"runs": runs_table(data), "incomplete_runs": data.incomplete, "baseline": baseline_table(data),
+    tables = {"runs": runs_table(data), "incomplete_runs": data.incomplete, "diverged": divergence_table(data),
+              "diverged_runs": diverged_runs_table(data), "baseline": baseline_table(data),
               **{f"use_{k}": use_point_table(data, k, thresholds) for k in USE_KINDS},
               "perturbation_curves": perturbation_curves(data), "learn_accuracy": learn_table(data),
               "learn_pairs": pairs_table(data, list(DEFAULT_PAIRS) + list(pairs or [])), "units": units_table(data)}
@@ -1190,7 +1430,7 @@ def build_report(dirs, out=None, wandb: bool = False, pairs=None, thresholds: Th
     md = write_markdown(out, dirs, data, tables, card, figures, thresholds)
     counts = card.status.value_counts()
     _log(f"scorecard: {counts.get(REPLICATED, 0)} replicated, {counts.get(NOT_REPLICATED, 0)} not replicated, "
-         f"{counts.get(NOT_RUN, 0)} not run")
+         f"{counts.get(NOT_RUN, 0)} not run, {counts.get(NOT_RUN_DIVERGED, 0)} not run: diverged")
     if wandb:
         group = "+".join(sorted(data.runs.experiment.unique(), key=_experiment_key)) or "report"
         log_to_wandb(wandb_payload(tables, figures, card), out, group,

@@ -34,19 +34,39 @@ def arch_of(model: str) -> tuple[str, str, bool]:
 
 def make_run(root: Path, experiment: str, model: str, seed: int, *, test_acc: float, train_acc: float | None = None,
              train_loss: float = 0.05, epochs: int = 20, dead_outputs: int = 0, perturbation=None,
-             complete: bool = True, data: str = "mnist5k") -> Path:
-    """One run folder; accuracies are fractions. perturbation: a DataFrame in perturbation.csv's columns."""
+             complete: bool = True, data: str = "mnist5k", diverged_at: int | None = None,
+             diverged_loss: str = "nan", diverged_fields: bool = True, variant: str | None = None,
+             lr: float = 0.001, hidden: int = 128, site: str = "pre_activation") -> Path:
+    """One run folder; accuracies are fractions. perturbation: a DataFrame in perturbation.csv's columns.
+
+    diverged_at: the run diverged at that epoch (its training loss became `diverged_loss` there): metrics.csv stops
+    at it and summary.json says status "diverged", without accuracies, loss or units (and without diverged_epoch and
+    diverged_loss when diverged_fields is False). variant: written to the summary and the folder when given (None
+    writes a summary from before the field existed). site: the summary's perturbation_site.
+    """
     arch, act, bias = arch_of(model)
-    run = Path(root) / experiment / f"{data}-raw" / model / f"seed{seed}"
+    run = Path(root) / experiment / f"{data}-raw" / model / (variant or "") / f"seed{seed}"
     run.mkdir(parents=True, exist_ok=True)
     (run / "config.yaml").write_text(f"experiment_name: {experiment}\nseed: {seed}\narch:\n  name: {arch}\n"
                                      f"  head_bias: {str(bias).lower()}\nactivation:\n  name: {act}\n")
     train_acc = min(1.0, test_acc + 0.02) if train_acc is None else train_acc
-    e = np.arange(1, epochs + 1)
-    pd.DataFrame({"epoch": e, "train_loss": 2.3 * np.exp(-e / 4) + train_loss,
+    e = np.arange(1, (epochs if diverged_at is None else diverged_at) + 1)
+    loss = 2.3 * np.exp(-e / 4) + train_loss
+    if diverged_at is not None:
+        loss[-1] = float(diverged_loss)
+    pd.DataFrame({"epoch": e, "train_loss": loss,
                   "train_acc": train_acc * (1 - np.exp(-e / 3)),
                   "test_acc": np.where(e % 5 == 0, test_acc * (1 - np.exp(-e / 3)), np.nan)}
                  ).to_csv(run / "metrics.csv", index=False)
+    identity = {"experiment": experiment, "model_name": model, "arch": arch, "activation": act, "head_bias": bias,
+                "hidden": hidden, "seed": seed, "data": data, "preprocess": "raw", "epochs": epochs, "lr": lr,
+                "perturbation_site": site, **({} if variant is None else {"variant": variant})}
+    if diverged_at is not None:
+        summary = {"status": "diverged", **identity}
+        if diverged_fields:
+            summary.update(diverged_epoch=diverged_at, diverged_loss=diverged_loss)
+        (run / "summary.json").write_text(json.dumps(summary))
+        return run
     if perturbation is not None:
         perturbation.to_csv(run / "perturbation.csv", index=False)
     if complete:
@@ -54,11 +74,8 @@ def make_run(root: Path, experiment: str, model: str, seed: int, *, test_acc: fl
         units = {"activation": {"train": counts, "test": {**counts, "dead": counts["dead"] + 1}}}
         if arch.startswith("mlp2"):
             units["output_activation"] = {s: {"n": 10, "dead": dead_outputs, "rare": 1} for s in ("train", "test")}
-        summary = {"status": "complete", "experiment": experiment, "model_name": model, "arch": arch,
-                   "activation": act, "head_bias": bias, "hidden": 128, "seed": seed, "data": data,
-                   "preprocess": "raw", "epochs": epochs, "lr": 0.001, "train_loss": train_loss,
-                   "train_acc": train_acc, "test_acc": test_acc, "units": units,
-                   "perturbation_site": "pre_activation", "wall_time_s": 1.0}
+        summary = {"status": "complete", **identity, "train_loss": train_loss, "train_acc": train_acc,
+                   "test_acc": test_acc, "units": units, "wall_time_s": 1.0}
         (run / "summary.json").write_text(json.dumps(summary))
     return run
 

@@ -19,8 +19,8 @@ from dmlight.report import THRESHOLDS, build_report, load_runs, scorecard
 sys.path.insert(0, str(Path(__file__).parent))
 from report_fixtures import make_learn_runs, make_run, make_use_runs  # noqa: E402
 
-TABLES = ("runs", "incomplete_runs", "baseline", "use_scale", "use_clip", "use_offset", "perturbation_curves",
-          "learn_accuracy", "learn_pairs", "units")
+TABLES = ("runs", "incomplete_runs", "diverged", "diverged_runs", "baseline", "use_scale", "use_clip", "use_offset",
+          "perturbation_curves", "learn_accuracy", "learn_pairs", "units")
 FIGURES = ("perturbation", "test_accuracy", "learning_curves_use_distance_metrics",
            "learning_curves_learn_distance_metrics", "learning_curves_learn_bias", "learning_curves_offset_l2")
 
@@ -195,6 +195,167 @@ def test_not_run_when_models_are_missing(tmp_path):
         assert card[key] == "not run", key
     c = scorecard(load_runs([tmp_path])).set_index(["paper", "claim_id"])
     assert "missing ReLU2" in c.loc[("LEARN", 2), "evidence"]
+
+
+# Diverged runs: finished, listed with their epoch and loss, counted beside every mean and never in one.
+RELU_OK = (0.962, 0.968, 0.971)  # ReLU: 3 complete runs (seeds 0-2) ...
+RELU_DIVERGED = ((3, 39, "nan"), (4, 70, "inf"))  # ... and 2 diverged (seed, epoch, loss): "2 of 5"
+ABS_OK = (0.958, 0.961, 0.963, 0.966)  # Abs: 4 complete runs, none diverged (uneven group sizes)
+NEG_OK = (0.963, 0.965)  # ReLU2-Neg: 2 complete and 1 diverged whose summary lacks its epoch and loss
+
+
+@pytest.fixture(scope="module")
+def diverged(tmp_path_factory):
+    """LEARN runs where ReLU has 2 of 5 diverged (epochs 39, 70), ReLU2 all 3 diverged (epoch 12), ReLU2-Neg 1 of 3,
+    ReLU_Bias all 2 diverged (epochs 5, 9); plus one incomplete run. Report built once."""
+    root = tmp_path_factory.mktemp("diverged")
+    exp = "learn_distance_metrics"
+    for seed, acc in enumerate(RELU_OK):
+        make_run(root, exp, "ReLU", seed, test_acc=acc, epochs=100, variant="")
+    for seed, epoch, loss in RELU_DIVERGED:
+        make_run(root, exp, "ReLU", seed, test_acc=0.5, diverged_at=epoch, diverged_loss=loss, epochs=100,
+                 variant="")
+    for seed, acc in enumerate(ABS_OK):
+        make_run(root, exp, "Abs", seed, test_acc=acc, variant="")
+    for seed in range(3):
+        make_run(root, exp, "ReLU2", seed, test_acc=0.5, diverged_at=12, variant="")
+    for seed, acc in enumerate(NEG_OK):
+        make_run(root, exp, "ReLU2-Neg", seed, test_acc=acc, variant="")
+    make_run(root, exp, "ReLU2-Neg", 2, test_acc=0.5, diverged_at=7, diverged_loss="-inf", diverged_fields=False)
+    make_run(root, "learn_bias", "Abs_Bias", 0, test_acc=0.95, site="post_activation")
+    for seed, epoch in ((0, 5), (1, 9)):
+        make_run(root, "learn_bias", "ReLU_Bias", seed, test_acc=0.5, diverged_at=epoch, site="post_activation")
+    make_run(root, exp, "Abs", 9, test_acc=0.5, complete=False)  # still running: incomplete, not diverged
+    return root, build_report([root])
+
+
+def test_diverged_runs_are_counted_per_model(diverged):
+    root, out = diverged
+    div = pd.read_csv(out / "tables" / "diverged.csv", dtype={"diverged_text": str, "diverged_losses": str})
+    div = div.fillna({"diverged_text": "", "diverged_losses": ""}).set_index(["experiment", "model"])
+    relu = div.loc[("learn_distance_metrics", "ReLU")]
+    assert (relu.runs, relu.complete, relu.diverged) == (5, 3, 2)
+    assert (relu.first_diverged_epoch, relu.last_diverged_epoch) == (39, 70)
+    assert relu.diverged_text == "2 of 5 diverged at epochs 39-70" and relu.diverged_losses == "inf x1, nan x1"
+    assert div.loc[("learn_distance_metrics", "ReLU2"), "diverged_text"] == "3 of 3 diverged at epoch 12"
+    assert div.loc[("learn_distance_metrics", "ReLU2-Neg"), "diverged_text"] == "1 of 3 diverged at epoch 7"
+    assert div.loc[("learn_bias", "ReLU_Bias"), "diverged_text"] == "2 of 2 diverged at epochs 5-9"
+    assert (div.loc[("learn_distance_metrics", "Abs"), ["runs", "diverged", "diverged_text"]] == [4, 0, ""]).all()
+    md = (out / "report.md").read_text()
+    assert "## Diverged runs" in md and "| 2 of 5 diverged at epochs 39-70 |" in md
+    assert "**10 complete runs**, 1 incomplete (listed at the end, counted nowhere), 8 diverged" in md
+
+
+def test_diverged_runs_table_lists_epoch_and_loss(diverged):
+    root, out = diverged
+    rows = pd.read_csv(out / "tables" / "diverged_runs.csv", keep_default_na=False)
+    assert list(rows.columns[:6]) == ["path", "experiment", "model", "seed", "diverged_epoch", "diverged_loss"]
+    got = {(m, int(s), int(e), loss) for m, s, e, loss in zip(rows.model, rows.seed, rows.diverged_epoch,
+                                                               rows.diverged_loss)}
+    assert got == ({("ReLU", s, e, loss) for s, e, loss in RELU_DIVERGED} | {("ReLU2", s, 12, "nan") for s in range(3)}
+                   | {("ReLU2-Neg", 2, 7, "-inf")}  # read from metrics.csv: the summary lacks them
+                   | {("ReLU_Bias", 0, 5, "nan"), ("ReLU_Bias", 1, 9, "nan")})
+    assert all(Path(p, "summary.json").exists() for p in rows.path)
+
+
+def test_diverged_runs_are_not_incomplete_nor_in_runs(diverged):
+    root, out = diverged
+    inc = pd.read_csv(out / "tables" / "incomplete_runs.csv")
+    assert len(inc) == 1 and inc.path.iloc[0].endswith("Abs/seed9")
+    diverged_paths = set(pd.read_csv(out / "tables" / "diverged_runs.csv").path)
+    assert len(diverged_paths) == 8 and not diverged_paths & set(inc.path)
+    runs = pd.read_csv(out / "tables" / "runs.csv")
+    assert len(runs) == 3 + 4 + 2 + 1 and not diverged_paths & set(runs.path)
+
+
+def test_means_are_over_finished_runs_with_the_count_beside(diverged):
+    root, out = diverged
+    relu_mean, relu_std = 100 * np.mean(RELU_OK), 100 * np.std(RELU_OK, ddof=1)
+    base = pd.read_csv(out / "tables" / "baseline.csv").set_index(["experiment", "model"])
+    relu = base.loc[("learn_distance_metrics", "ReLU")]
+    assert (relu.n, relu.runs, relu.diverged, relu.diverged_text) == (3, 5, 2, "2 of 5 diverged at epochs 39-70")
+    assert relu.test_acc_pct_mean == pytest.approx(relu_mean) and relu.test_acc_pct_std == pytest.approx(relu_std)
+    abs_ = base.loc[("learn_distance_metrics", "Abs")]
+    assert (abs_.n, abs_.runs, abs_.diverged) == (4, 4, 0)
+    assert abs_.test_acc_pct_mean == pytest.approx(100 * np.mean(ABS_OK))
+    relu2 = base.loc[("learn_distance_metrics", "ReLU2")]  # every run diverged: a row, no mean
+    assert (relu2.n, relu2.runs, relu2.diverged) == (0, 3, 3) and np.isnan(relu2.test_acc_pct_mean)
+    learn = pd.read_csv(out / "tables" / "learn_accuracy.csv").set_index(["experiment", "model"])
+    row = learn.loc[("learn_distance_metrics", "ReLU")]
+    assert (row.n, row.runs, row.diverged) == (3, 5, 2) and row.mean_pct == pytest.approx(relu_mean)
+    assert row.diverged_text == "2 of 5 diverged at epochs 39-70"
+    neg = learn.loc[("learn_distance_metrics", "ReLU2-Neg")]
+    assert (neg.n, neg.diverged, neg.mean_pct) == (2, 1, pytest.approx(100 * np.mean(NEG_OK)))
+    pairs = pd.read_csv(out / "tables" / "learn_pairs.csv").set_index(["a", "b"])
+    pair = pairs.loc[("ReLU", "Abs")]
+    assert (pair.n_a, pair.diverged_a, pair.n_b, pair.diverged_b) == (3, 2, 4, 0)
+    assert pair.diff_pp == pytest.approx(relu_mean - 100 * np.mean(ABS_OK))
+    md = (out / "report.md").read_text()
+    assert "| 3 (2 diverged) / 4 |" in md
+
+
+def test_claim_status_not_run_diverged_and_evidence(diverged):
+    root, out = diverged
+    card = pd.read_csv(out / "scorecard.csv").set_index(["paper", "claim_id"])
+    relu_mean = 100 * np.mean(RELU_OK)
+    # ReLU2 diverged on every run: claim 2 cannot run, and says why
+    assert card.loc[("LEARN", 2), "status"] == "not run: diverged"
+    assert "missing ReLU2 (3 of 3 diverged at epoch 12, learn_distance_metrics)" in card.loc[("LEARN", 2), "evidence"]
+    # ReLU partly diverged: the claims still run on its 3 complete runs, with the 2 diverged named beside the mean
+    assert card.loc[("LEARN", 1), "status"] == "replicated"
+    assert (f"ReLU {relu_mean:.2f} ± {100 * np.std(RELU_OK, ddof=1):.2f} (n=3, 2 of 5 diverged at epochs 39-70, "
+            "learn_distance_metrics)") in card.loc[("LEARN", 1), "evidence"]
+    assert card.loc[("LEARN", 3), "status"] == "replicated"
+    ev3 = card.loc[("LEARN", 3), "evidence"]
+    assert "2 of 5 diverged at epochs 39-70" in ev3 and "(n=2, 1 of 3 diverged at epoch 7" in ev3
+    # models never run are plain "not run"; a bias model that diverged on every run makes claim 5 "not run: diverged"
+    # (and not the USE claims: these ReLU_Bias runs are LEARN's, post-activation, and USE reads pre-activation sweeps)
+    assert card.loc[("LEARN", 4), "status"] == "not run" and card.loc[("LEARN", 6), "status"] == "not run"
+    assert card.loc[("LEARN", 5), "status"] == "not run: diverged"
+    ev5 = card.loc[("LEARN", 5), "evidence"]
+    assert "claim 1 with bias: not run: diverged (missing ReLU_Bias (2 of 2 diverged at epochs 5-9, learn_bias))" in ev5
+    assert "claim 4 with bias: not run (" in ev5
+    assert all(card.loc[("USE", i), "status"] == "not run" for i in (1, 2, 3, 4))
+    md = (out / "report.md").read_text()
+    assert "2 replicated, 0 not replicated, 6 not run, 2 not run: diverged" in md
+
+
+def test_use_claims_not_run_when_a_model_diverged_on_every_run(tmp_path):
+    make_use_runs(tmp_path, models=("Abs_Bias",))
+    for seed, epoch in ((0, 3), (1, 3), (2, 4), (3, 6)):
+        make_run(tmp_path, "use_distance_metrics", "ReLU_Bias", seed, test_acc=0.5, diverged_at=epoch)
+    card = scorecard(load_runs([tmp_path])).set_index(["paper", "claim_id"])
+    for i in (1, 2, 3, 4):
+        assert card.loc[("USE", i), "status"] == "not run: diverged", i
+        assert "ReLU_Bias: " in card.loc[("USE", i), "evidence"]
+        assert "(4 of 4 diverged at epochs 3-6, use_distance_metrics)" in card.loc[("USE", i), "evidence"]
+        assert "Abs_Bias [use_distance_metrics, n=3]" in card.loc[("USE", i), "evidence"]
+    # one Abs run diverging too is named beside Abs's numbers, which stay over its 3 complete runs
+    make_run(tmp_path, "use_distance_metrics", "Abs_Bias", 5, test_acc=0.5, diverged_at=40)
+    ev = scorecard(load_runs([tmp_path])).set_index(["paper", "claim_id"]).loc[("USE", 1), "evidence"]
+    assert "Abs_Bias [use_distance_metrics, n=3, 1 of 4 diverged at epoch 40]" in ev
+
+
+def test_mixed_variants_warn_and_old_summaries_read_as_default(tmp_path):
+    exp = "learn_distance_metrics"
+    make_run(tmp_path, exp, "Abs", 0, test_acc=0.96, variant="")
+    make_run(tmp_path, exp, "Abs", 1, test_acc=0.96, variant="optimizer.lr=0.0022", lr=0.0022)
+    make_run(tmp_path, exp, "Abs", 2, test_acc=0.5, variant="optimizer.lr=0.0022", lr=0.0022, diverged_at=39)
+    make_run(tmp_path, exp, "ReLU", 0, test_acc=0.96)  # a summary from before `variant`: reads as ""
+    make_run(tmp_path, exp, "ReLU", 1, test_acc=0.96, variant="")
+    make_run(tmp_path, exp, "ReLU2", 0, test_acc=0.6, variant="", hidden=64)
+    make_run(tmp_path, exp, "ReLU2", 1, test_acc=0.6, variant="")
+    out = build_report([tmp_path])
+    warnings = [line for line in (out / "report.md").read_text().splitlines() if line.startswith("> **Warning:**")]
+    abs_ = [w for w in warnings if "Abs [learn_distance_metrics] mixes variants" in w]
+    assert len(abs_) == 1
+    assert "variant='' lr=0.001 hidden=128 (1 run(s))" in abs_[0]
+    assert "variant='optimizer.lr=0.0022' lr=0.0022 hidden=128 (2 run(s), 1 diverged)" in abs_[0]
+    assert any("ReLU2 [learn_distance_metrics] mixes variants" in w and "hidden=64" in w for w in warnings)
+    assert not any(w.startswith("> **Warning:** ReLU [") for w in warnings)
+    runs = pd.read_csv(out / "tables" / "runs.csv", keep_default_na=False)
+    assert "variant" in runs.columns
+    assert sorted(runs.variant) == [""] * 5 + ["optimizer.lr=0.0022"]
 
 
 def test_report_with_only_incomplete_runs(tmp_path):
