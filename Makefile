@@ -77,16 +77,20 @@ reproduce-quick: install
 # first: on a GPU machine without network it runs with PY=python3 and the wheels of `gpu-wheels`:
 #   python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl
 #   export PYTHONPATH=/tmp/site:$PWD; make gpu-check PY=python3
-# (with no .venv and PY left as is, it installs .whl/ into $(GPU_SITE) and does just that).
+# (with no .venv and PY left as is, it installs .whl/ into $(GPU_SITE) if python3 lacks hydra, and
+# does just that).
 GPU_SITE   ?= /tmp/dmlight-gpu-site
 GPU_WHEELS := hydra-core==1.3.8 omegaconf==2.3.1 PyYAML==6.0.4 hydra-joblib-launcher==1.2.0 joblib==1.6.0
 ANTLR      := antlr4-python3-runtime==4.9.3
 
 gpu-check:
 	@if [ "$(PY)" = .venv/bin/python ] && [ ! -x .venv/bin/python ]; then \
-	    python3 -m pip install -q --no-index --no-deps --upgrade --target $(GPU_SITE) .whl/*.whl && \
-	    PYTHONPATH=$(GPU_SITE):$$PWD python3 bench/gpu_check.py $(ARGS); \
-	else PYTHONPATH=$$PWD$${PYTHONPATH:+:$$PYTHONPATH} $(PY) bench/gpu_check.py $(ARGS); fi
+	    python3 -c 'import hydra, omegaconf, hydra_plugins.hydra_joblib_launcher' 2>/dev/null || \
+	        python3 -m pip install -q --no-index --no-deps --upgrade --target $(GPU_SITE) .whl/*.whl || exit 1; \
+	    echo "python3 bench/gpu_check.py $(ARGS)  (PYTHONPATH=$(GPU_SITE):$$PWD)"; \
+	    PYTHONPATH=$(GPU_SITE):$$PWD$${PYTHONPATH:+:$$PYTHONPATH} python3 bench/gpu_check.py $(ARGS); \
+	else echo "$(PY) bench/gpu_check.py $(ARGS)"; \
+	    PYTHONPATH=$$PWD$${PYTHONPATH:+:$$PYTHONPATH} $(PY) bench/gpu_check.py $(ARGS); fi
 
 # What a GPU machine without network lacks (its Python 3.12 has torch, Lightning, PyYAML, joblib),
 # as wheels in .whl/ (git-ignored; carry it along). omegaconf pins antlr4 4.9.3, an sdist only:

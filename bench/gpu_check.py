@@ -132,7 +132,8 @@ def choose_data(which: str, rows: tuple[int, int], quick: bool) -> dict:
 
 
 def epoch_timer(ctx: Context, warmup: int):
-    """A Lightning callback: wall time per epoch after `warmup` epochs, the device synchronised."""
+    """A Lightning callback: wall time per epoch from the end of epoch `warmup` to the end of the
+    last but one, the device synchronised at both ends (the last epoch also writes the checkpoint)."""
     import pytorch_lightning as pl
 
     class EpochTimer(pl.Callback):
@@ -141,7 +142,7 @@ def epoch_timer(ctx: Context, warmup: int):
 
         def on_train_epoch_end(self, trainer, module):
             epoch = trainer.current_epoch
-            if epoch in (warmup - 1, trainer.max_epochs - 1):
+            if epoch in (warmup - 1, trainer.max_epochs - 2):
                 ctx.sync()
                 self.marks[epoch] = time.perf_counter()
 
@@ -346,7 +347,7 @@ def check_timing(ctx: Context):
     for which in ("small", "large"):
         data = ctx.data(which)
         epochs, warmup = s[f"epochs_{which}"], s[f"warmup_{which}"]
-        row = {"data": data["name"], "rows": data["rows"], "epochs": epochs, "timed_epochs": epochs - warmup}
+        row = {"data": data["name"], "rows": data["rows"], "epochs": epochs, "timed_epochs": epochs - warmup - 1}
         for kind, seeds in (("solo", None), ("ensemble", m)):
             out = ctx.run_dir(f"timing/{which}-{kind}")
             extra = [] if seeds is None else [f"seeds=[{','.join(map(str, range(seeds)))}]"]
