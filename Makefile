@@ -6,7 +6,7 @@ SEEDS    ?= range(20)
 QUICK    ?= outputs/quick
 
 .PHONY: install demo test bench report reproduce reproduce-use reproduce-learn reproduce-bias \
-        reproduce-offset-l2 reproduce-quick clean
+        reproduce-offset-l2 reproduce-quick gpu-check gpu-wheels clean
 
 install: $(VENV_OK)
 
@@ -71,6 +71,36 @@ reproduce-quick: install
 	$(TRAIN) experiment=learn_bias arch=mlp,mlp2,mlp2_neg activation=relu,abs trainer.max_epochs=2000 $(QUICK_ARGS)
 	$(TRAIN) experiment=offset_l2 arch=offset_l2,offset_l2_neg activation=relu,abs trainer.max_epochs=2000 $(QUICK_ARGS)
 	$(PY) -m dmlight.report $(QUICK)
+
+# ---- GPU self-check (bench/gpu_check.py): every GPU branch in < 5 min on one CUDA GPU, one line
+# per check, outputs/gpu_check/result.json; without CUDA it says so and exits 0. No `install`
+# first: on a GPU machine without network it runs with PY=python3 and the wheels of `gpu-wheels`:
+#   python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl
+#   export PYTHONPATH=/tmp/site:$PWD; make gpu-check PY=python3
+# (with no .venv and PY left as is, it installs .whl/ into $(GPU_SITE) if python3 lacks hydra, and
+# does just that).
+GPU_SITE   ?= /tmp/dmlight-gpu-site
+GPU_WHEELS := hydra-core==1.3.8 omegaconf==2.3.1 PyYAML==6.0.4 hydra-joblib-launcher==1.2.0 joblib==1.6.0
+ANTLR      := antlr4-python3-runtime==4.9.3
+
+gpu-check:
+	@if [ "$(PY)" = .venv/bin/python ] && [ ! -x .venv/bin/python ]; then \
+	    python3 -c 'import hydra, omegaconf, hydra_plugins.hydra_joblib_launcher' 2>/dev/null || \
+	        python3 -m pip install -q --no-index --no-deps --upgrade --target $(GPU_SITE) .whl/*.whl || exit 1; \
+	    echo "python3 bench/gpu_check.py $(ARGS)  (PYTHONPATH=$(GPU_SITE):$$PWD)"; \
+	    PYTHONPATH=$(GPU_SITE):$$PWD$${PYTHONPATH:+:$$PYTHONPATH} python3 bench/gpu_check.py $(ARGS); \
+	else echo "$(PY) bench/gpu_check.py $(ARGS)"; \
+	    PYTHONPATH=$$PWD$${PYTHONPATH:+:$$PYTHONPATH} $(PY) bench/gpu_check.py $(ARGS); fi
+
+# What a GPU machine without network lacks (its Python 3.12 has torch, Lightning, PyYAML, joblib),
+# as wheels in .whl/ (git-ignored; carry it along). omegaconf pins antlr4 4.9.3, an sdist only:
+# its pure-Python wheel is built here.
+gpu-wheels:
+	python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+	    --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+	    --platform any -d .whl $(GPU_WHEELS)
+	ls .whl/antlr4_python3_runtime-4.9.3-*.whl >/dev/null 2>&1 || python3 -m pip wheel -q --no-deps $(ANTLR) -w .whl
+	@du -sh .whl && ls .whl
 
 clean:
 	rm -rf outputs/* .pytest_cache

