@@ -143,6 +143,16 @@ def build_model(arch: str, activation: str, head_bias: bool = False, hidden: int
     return Network(arch, activation, head_bias, hidden, in_features, n_classes, site)
 
 
+def model_from_config(cfg) -> Network:
+    """The network a dmlight config describes (its `arch` and `activation`), freshly initialised.
+
+    Example:
+        >>> model_from_config(compose_config(["experiment=learn_distance_metrics", "arch=mlp2"])).name  # doctest: +SKIP
+        'ReLU2'
+    """
+    return build_model(cfg.arch.name, cfg.activation.name, cfg.arch.head_bias, cfg.arch.hidden, site=cfg.arch.site)
+
+
 @torch.no_grad()
 def unit_counts(net: Network, x: torch.Tensor, dead_tol: float = 1e-6, rare_fraction: float = 0.01,
                 return_output: bool = False):

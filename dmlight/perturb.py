@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from dmlight.data import DataError, Splits
 from dmlight.errors import UserError
 from dmlight.perturbation import PerturbationError, append_results, run_sweep, sweep_points, write_unit_ranges
-from dmlight.runs import is_complete, last_checkpoint, load_run
+from dmlight.runs import RunDirError, load_run
 
 EXAMPLE = ("python -m dmlight.perturb run_dir=outputs/use_distance_metrics/mnist5k-raw/ReLU_Bias/seed0 "
            "perturbation=use")
@@ -37,15 +37,10 @@ def perturb(run_dir: str | Path, cfg, device: str = "auto", log=print) -> list[d
         ...                compose_config(["perturbation=offset"]).perturbation)
     """
     run_dir = Path(run_dir)
-    if not (run_dir / "config.yaml").is_file():
-        why = "does not exist" if not run_dir.exists() else "is not a dmlight run directory (no config.yaml)"
-        raise PerturbationError(f"run_dir={run_dir} {why}. Pass a run made by `python -m dmlight.train`, "
-                                f"e.g. {EXAMPLE}")
-    if not is_complete(run_dir) or last_checkpoint(run_dir) is None:
-        raise PerturbationError(f"run_dir={run_dir} holds no complete run (no summary.json with status "
-                                "complete, or no checkpoints/last.ckpt): it crashed or is still training. "
-                                "Rerun its training command to finish it, then perturb it.")
-    run = load_run(run_dir)
+    try:
+        run = load_run(run_dir)
+    except RunDirError as e:
+        raise PerturbationError(str(e)) from None
     try:  # a bad request fails before the data loads
         sweep_points(cfg, run.model.site, run.model.hidden_units)
     except PerturbationError as e:

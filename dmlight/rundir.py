@@ -1,4 +1,4 @@
-"""Where a run lives: the one definition, torch-free.
+"""Run directories, torch-free: where a run lives, what it holds, and how a rerun picks it up.
 
     <paths.output_dir>/<experiment>/<data>-<preprocess>/<model>[/<variant>]/seed<s>
 
@@ -8,11 +8,30 @@ directory and the default config keeps its short path. An ensemble (`seeds=[...]
 `.../<model>[/<variant>]/ensemble-seeds<first>-<last>-n<k>` and puts each member where its solo
 run lives, beside it (`.../seed<s>`). Given a directory of your own (`hydra.run.dir=D`, or
 `train(cfg, D)`), an ensemble puts its members inside it, in `D/seed<s>`.
+
+A run directory holds
+    config.yaml          the resolved config (written first)
+    metrics.csv          epoch, train_loss, train_acc, test_acc (appended as training goes)
+    checkpoints/last.ckpt  the latest checkpoint (every `run.checkpoint_every` epochs, and the final one)
+    perturbation.csv     the perturbation sweep, when one ran
+    summary.json         written last and atomically when the run finished: status "complete", or
+                         "diverged" (its loss became non-finite; see dmlight.train)
+    failed.json          why the last attempt failed, when it did (removed on success)
+Train, perturb, the sweep report and the report all read them through this module.
 """
 from __future__ import annotations
 
+import csv
+import fcntl
 import hashlib
+import json
+import os
+import time
 from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from dmlight.errors import UserError
 
 # Overrides the path spells out already (or that pick the path itself).
 IN_PATH = {"experiment", "experiment_name", "data", "data.name", "data.preprocess", "arch", "arch.name",
@@ -79,3 +98,173 @@ def member_dirs(job_dir: str | Path, seeds) -> dict[int, Path]:
     job_dir, seeds = Path(job_dir), [int(s) for s in seeds]
     home = job_dir.parent if job_dir.name == seed_dir_name(None, seeds) else job_dir
     return {s: home / seed_dir_name(s) for s in seeds}
+
+
+METRICS_COLUMNS = ("epoch", "train_loss", "train_acc", "test_acc")
+# Config keys that decide a run's numbers; two configs that agree on these are the same run.
+IDENTITY_KEYS = ("experiment_name", "seed", "data.name", "data.preprocess", "data.batch_size",
+                 "data.shuffle_seed", "data.n_train", "data.n_test", "arch", "activation", "optimizer",
+                 "trainer.max_epochs")
+
+
+class RunDirConflict(UserError, RuntimeError):
+    """The run directory holds a run made with another config."""
+
+
+class RunDirBusy(UserError, RuntimeError):
+    """Another live process holds the run directory's lock."""
+
+
+
+
+def write_json_atomic(path: Path, obj) -> None:
+    """Write JSON so that a reader sees the old file or the whole new one, never half."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2, sort_keys=True)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        return None
+
+
+def identity(cfg: DictConfig) -> dict:
+    """The part of a config that decides the numbers (see IDENTITY_KEYS)."""
+    out = {}
+    for key in IDENTITY_KEYS:
+        value = OmegaConf.select(cfg, key, default=None)
+        out[key] = OmegaConf.to_container(value, resolve=True) if isinstance(value, DictConfig) else value
+    if out["data.batch_size"] is None:  # full batch: no order to shuffle
+        out["data.shuffle_seed"] = None
+    return out
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    flat = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            flat.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            flat[f"{prefix}{k}"] = v
+    return flat
+
+
+def claim_run_dir(run_dir: Path, cfg: DictConfig) -> None:
+    """Make sure `run_dir` is this config's: new, or holding the same run. Writes config.yaml.
+
+    A directory holding another config's run raises RunDirConflict naming the keys that differ.
+    """
+    run_dir.mkdir(parents=True, exist_ok=True)
+    saved = run_dir / "config.yaml"
+    if saved.exists():
+        old = _flatten(identity(OmegaConf.load(saved)))
+        new = _flatten(identity(cfg))
+        diff = {k: (old.get(k), new.get(k)) for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)}
+        if diff:
+            shown = "; ".join(f"{k}: {a!r} there, {b!r} now" for k, (a, b) in list(diff.items())[:5])
+            raise RunDirConflict(
+                f"{run_dir} holds a run with another config ({shown}). Refusing to mix results: "
+                "choose another directory (hydra.run.dir=... or experiment_name=...) or delete that one.")
+    OmegaConf.save(cfg, saved, resolve=True)
+
+
+def record_failure(run_dir: Path, error: BaseException) -> None:
+    """failed.json: why this attempt failed (a rerun resumes; success removes the file)."""
+    if Path(run_dir).is_dir():
+        write_json_atomic(Path(run_dir) / "failed.json", {
+            "error": type(error).__name__, "message": str(error), "time": time.time()})
+
+
+class RunLock:
+    """An exclusive lock on a run directory for as long as a job writes it.
+
+    flock is released by the kernel when the holder dies, so a killed job never leaves a
+    stale lock behind. Example:
+        >>> with RunLock(Path("/tmp/some_run")):  # doctest: +SKIP
+        ...     pass
+    """
+
+    def __init__(self, run_dir: Path):
+        self.path = Path(run_dir) / ".lock"
+        self.file = None
+
+    def __enter__(self) -> "RunLock":
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.file = open(self.path, "a+")
+        try:
+            fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.file.seek(0)
+            holder = self.file.read().strip() or "another process"
+            self.file.close()
+            raise RunDirBusy(f"{self.path.parent} is being written by {holder}. Two jobs must not "
+                             "write one run: wait for it, or kill it and rerun to resume.") from None
+        self.file.seek(0)
+        self.file.truncate()
+        self.file.write(f"pid {os.getpid()} on {os.uname().nodename}")
+        self.file.flush()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        fcntl.flock(self.file, fcntl.LOCK_UN)
+        self.file.close()
+
+
+def summary_path(run_dir: Path) -> Path:
+    return Path(run_dir) / "summary.json"
+
+
+def read_config(run_dir: Path) -> DictConfig | None:
+    """The run's resolved config.yaml, or None when there is none."""
+    path = Path(run_dir) / "config.yaml"
+    return OmegaConf.load(path) if path.is_file() else None
+
+
+def status(run_dir: Path) -> str | None:
+    """The summary's status ("complete" or "diverged"), or None while the run has no summary."""
+    s = read_json(summary_path(run_dir))
+    return s.get("status") if isinstance(s, dict) else None
+
+
+def is_complete(run_dir: Path) -> bool:
+    return status(run_dir) == "complete"
+
+
+def reset_run(run_dir: Path) -> None:
+    """Remove what training wrote (summary, metrics, checkpoints), keeping config.yaml: a retry starts afresh."""
+    run_dir = Path(run_dir)
+    for name in ("summary.json", "metrics.csv", "perturbation.csv", "unit_ranges.csv", "failed.json"):
+        (run_dir / name).unlink(missing_ok=True)
+    for ckpt in (run_dir / "checkpoints").glob("*.ckpt"):
+        ckpt.unlink()
+
+
+def last_checkpoint(run_dir: Path) -> Path | None:
+    p = Path(run_dir) / "checkpoints" / "last.ckpt"
+    return p if p.exists() else None
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    path = Path(run_dir) / "metrics.csv"
+    if not path.exists():
+        return []
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def truncate_metrics(run_dir: Path, last_epoch: int) -> None:
+    """Keep metrics.csv rows up to `last_epoch` (the checkpoint a resumed run starts from)."""
+    rows = [r for r in read_metrics(run_dir) if int(r["epoch"]) <= last_epoch]
+    path = Path(run_dir) / "metrics.csv"
+    tmp = path.with_name("metrics.csv.tmp")
+    with open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, METRICS_COLUMNS)
+        w.writeheader()
+        w.writerows(rows)
+    os.replace(tmp, path)

@@ -26,14 +26,14 @@ from omegaconf import DictConfig, OmegaConf
 from dmlight import config as _config  # noqa: F401  (registers the ${paper_name:...} resolver)
 from dmlight import devices, rundir
 from dmlight.data import load_data_cfg
-from dmlight.errors import UserError
 from dmlight.loggers import finish_logger, make_logger
-from dmlight.models import ConfigError, build_model, unit_counts
+from dmlight.models import ConfigError, model_from_config, unit_counts
 from dmlight.module import DistanceModule, Ensemble, accuracy, join_checkpoints
 from dmlight.sweep import record_sweep_failure
-from dmlight.runs import (NonFiniteLoss, RunDirBusy, RunDirConflict, RunLock, RunRecorder, claim_run_dir,
-                          last_checkpoint, read_json, record_failure, reset_run, summary_path, truncate_metrics,
-                          write_json_atomic)
+from dmlight.callbacks import RunRecorder
+from dmlight.errors import NonFiniteLoss, UserError
+from dmlight.rundir import (RunDirBusy, RunDirConflict, RunLock, claim_run_dir, last_checkpoint, read_json,
+                            record_failure, reset_run, summary_path, truncate_metrics, write_json_atomic)
 
 
 class _NoTips(logging.Filter):
@@ -50,8 +50,7 @@ warnings.filterwarnings("ignore", message=r".*treespec, LeafSpec.*")
 def build_network(cfg: DictConfig, seed: int | None = None):
     """The run's network with exactly the initial weights seed `seed` gives (cfg.seed by default)."""
     pl.seed_everything(cfg.seed if seed is None else seed, verbose=False)
-    return build_model(cfg.arch.name, cfg.activation.name, cfg.arch.head_bias, cfg.arch.hidden,
-                       site=cfg.arch.site)
+    return model_from_config(cfg)
 
 
 def member_config(cfg: DictConfig, seed: int) -> DictConfig:

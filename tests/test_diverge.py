@@ -4,7 +4,8 @@ import math
 
 import pytest
 
-from dmlight.runs import NonFiniteLoss, read_metrics
+from dmlight.errors import NonFiniteLoss
+from dmlight.rundir import read_metrics
 from dmlight.train import member_dir, train
 from tests.conftest import run_module, train_cfg
 

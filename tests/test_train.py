@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import dmlight
-from dmlight.runs import RunDirConflict, read_metrics
+from dmlight.rundir import RunDirConflict, read_metrics
 from dmlight.train import train
 from tests.conftest import run_module, train_cfg
 
@@ -154,7 +154,7 @@ def test_trainer_configs_for_cpu_and_gpu():
 
 
 def test_shuffle_seed_is_part_of_a_mini_batch_runs_identity_only():
-    from dmlight.runs import identity
+    from dmlight.rundir import identity
 
     full, mini = train_cfg(), train_cfg("data.batch_size=100")
     assert identity(full)["data.shuffle_seed"] is None  # full-batch run dirs made before the key existed still match

@@ -1,0 +1,149 @@
+"""Lightning callbacks of dmlight's training: the run recorder."""
+from __future__ import annotations
+
+import csv
+import math
+import os
+import time
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+
+from dmlight.errors import NonFiniteLoss
+from dmlight.rundir import METRICS_COLUMNS
+
+
+def _fmt(v: float) -> str:
+    return "" if math.isnan(v) else repr(float(v))
+
+class RunRecorder(pl.Callback):
+    """Writes metrics.csv, checkpoints and progress lines; retires a member whose loss turns NaN/inf.
+
+    One run directory per member (a solo run is an ensemble of one). Work is batched every
+    `log_every` / `checkpoint_every` epochs (metrics are kept on the device until then), so a
+    crash loses at most `checkpoint_every` epochs and the training loop never syncs. A member
+    whose training loss becomes non-finite gets its metrics up to that epoch, no more
+    checkpoints, and `on_diverged(member, epoch, loss)`; training stops once every member has.
+    """
+
+    def __init__(self, run_dirs: list[Path], name: str, checkpoint_every: int = 500,
+                 progress_every: int = 0, log_every: int | None = None, on_diverged=None):
+        self.run_dirs = [Path(d) for d in run_dirs]
+        self.name = name
+        self.checkpoint_every = max(1, int(checkpoint_every))
+        self.progress_every = int(progress_every)
+        self.log_every = max(1, int(log_every or self.checkpoint_every))
+        self.on_diverged = on_diverged
+        self.flushed = 0  # epochs already written to metrics.csv
+        self.last_epoch: dict[int, int] = {}  # retired member -> its last recorded epoch
+        self.t0 = time.perf_counter()
+        self.start_epoch = 0
+
+    def alive(self) -> list[int]:
+        return [m for m in range(len(self.run_dirs)) if m not in self.last_epoch]
+
+    # -- helpers
+    def _flush(self, trainer: pl.Trainer, module, upto: int) -> None:
+        if upto <= self.flushed:
+            return
+        block = module.history[:, self.flushed:upto].cpu()  # members x epochs x 3
+        diverged = {}
+        for member in self.alive():
+            bad = (~torch.isfinite(block[member, :, 0])).nonzero()
+            if len(bad):
+                offset = int(bad[0])
+                diverged[member] = (self.flushed + offset + 1, block[member, offset, 0].item())
+        for member in self.alive():
+            last = diverged[member][0] if member in diverged else upto
+            rows = block[member, : last - self.flushed].tolist()
+            path = self.run_dirs[member] / "metrics.csv"
+            new_file = not path.exists() or path.stat().st_size == 0
+            with open(path, "a", newline="") as f:
+                w = csv.writer(f)
+                if new_file:
+                    w.writerow(METRICS_COLUMNS)
+                for i, (loss, acc, test) in enumerate(rows, start=self.flushed + 1):
+                    w.writerow([i, _fmt(loss), _fmt(acc), _fmt(test)])
+        self._log(trainer, block, {m: e for m, (e, _) in diverged.items()})
+        for member, (epoch, loss) in diverged.items():
+            self.last_epoch[member] = epoch
+            if self.on_diverged is None:
+                raise NonFiniteLoss(f"{self.name} ({self.run_dirs[member]}): loss became {loss} at epoch {epoch}. "
+                                    "Lower optimizer.lr, or try data.preprocess=standardize.")
+            self.on_diverged(member, epoch, loss)
+        if not self.alive():
+            trainer.should_stop = True
+        self.flushed = upto
+
+    def _log(self, trainer: pl.Trainer, block: torch.Tensor, diverged: dict[int, int]) -> None:
+        if not trainer.loggers:
+            return
+        solo = len(self.run_dirs) == 1
+        members = self.alive()
+        for i in range(block.shape[1]):
+            epoch = self.flushed + i + 1
+            metrics = {}
+            for member in members:
+                if epoch > diverged.get(member, epoch):
+                    continue
+                loss, acc, test = block[member, i].tolist()
+                prefix = "" if solo else f"{self.run_dirs[member].name}/"  # ensembles: one series per member seed
+                metrics.update({f"{prefix}train/loss": loss, f"{prefix}train/acc": acc})
+                if not math.isnan(test):
+                    metrics[f"{prefix}test/acc"] = test
+            if metrics:
+                for logger in trainer.loggers:
+                    logger.log_metrics(metrics, step=epoch)
+
+    def _save_checkpoint(self, trainer: pl.Trainer, module) -> None:
+        alive = self.alive()
+        if not alive:
+            return
+        paths = [d / "checkpoints" / "last.ckpt" for d in self.run_dirs]
+        for p in paths:
+            p.parent.mkdir(parents=True, exist_ok=True)
+        if len(paths) == 1:
+            tmp = paths[0].with_name("last.ckpt.tmp")
+            trainer.save_checkpoint(tmp, weights_only=False)
+            os.replace(tmp, paths[0])
+            return
+        from dmlight.module import split_checkpoint
+
+        whole = trainer._checkpoint_connector.dump_checkpoint(weights_only=False)
+        for i, (path, member) in enumerate(zip(paths, split_checkpoint(whole, len(paths)))):
+            if i not in alive:  # a diverged member's directory is finished
+                continue
+            tmp = path.with_name("last.ckpt.tmp")
+            torch.save(member, tmp)
+            os.replace(tmp, path)
+
+    # -- hooks
+    def on_train_start(self, trainer, module) -> None:
+        self.start_epoch = self.flushed = trainer.current_epoch
+        self.t0 = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer, module) -> None:
+        done = trainer.current_epoch + 1
+        if done % self.log_every == 0 or done % self.checkpoint_every == 0 or done >= trainer.max_epochs:
+            self._flush(trainer, module, done)
+        if done % self.checkpoint_every == 0 or done >= trainer.max_epochs:
+            self._save_checkpoint(trainer, module)
+        if self.progress_every and (done % self.progress_every == 0 or done >= trainer.max_epochs):
+            self._progress(trainer, module, done)
+
+    def _progress(self, trainer, module, done: int) -> None:
+        alive = self.alive()
+        if not alive:
+            return
+        history = module.history[alive]
+        loss, acc = history[:, done - 1, :2].mean(0).tolist()
+        tests = history[:, :done, 2]
+        seen = ~torch.isnan(tests[0])
+        test = tests[:, seen][:, -1].mean().item() if seen.any() else float("nan")
+        rate = (done - self.start_epoch) / max(time.perf_counter() - self.t0, 1e-9)
+        eta = (trainer.max_epochs - done) / max(rate, 1e-9)
+        mean = "" if len(self.run_dirs) == 1 else f" (mean of {len(alive)})"
+        print(f"[{self.name}] epoch {done}/{trainer.max_epochs}  loss {loss:.4g}  "
+              f"train {100 * acc:.2f}%  test {100 * test:.2f}%{mean}  {rate:.0f} ep/s  ETA {eta:.0f}s",
+              flush=True)
