@@ -11,7 +11,7 @@ import pytorch_lightning as pl
 import torch
 
 from dmlight.errors import NonFiniteLoss
-from dmlight.rundir import METRICS_COLUMNS
+from dmlight.rundir import METRICS_COLUMNS, last_checkpoint_path
 
 
 def _fmt(v: float) -> str:
@@ -96,27 +96,10 @@ class RunRecorder(pl.Callback):
                 for logger in trainer.loggers:
                     logger.log_metrics(metrics, step=epoch)
 
-    def _save_checkpoint(self, trainer: pl.Trainer, module) -> None:
-        alive = self.alive()
-        if not alive:
-            return
-        paths = [d / "checkpoints" / "last.ckpt" for d in self.run_dirs]
-        for p in paths:
-            p.parent.mkdir(parents=True, exist_ok=True)
-        if len(paths) == 1:
-            tmp = paths[0].with_name("last.ckpt.tmp")
-            trainer.save_checkpoint(tmp, weights_only=False)
-            os.replace(tmp, paths[0])
-            return
-        from dmlight.module import split_checkpoint
-
-        whole = trainer._checkpoint_connector.dump_checkpoint(weights_only=False)
-        for i, (path, member) in enumerate(zip(paths, split_checkpoint(whole, len(paths)))):
-            if i not in alive:  # a diverged member's directory is finished
-                continue
-            tmp = path.with_name("last.ckpt.tmp")
-            torch.save(member, tmp)
-            os.replace(tmp, path)
+    def _save_checkpoint(self, trainer: pl.Trainer) -> None:
+        # dmlight.checkpoints.MemberCheckpoints writes each live member's own last.ckpt.
+        if self.alive():
+            trainer.save_checkpoint(last_checkpoint_path(self.run_dirs[0]), weights_only=False)
 
     # -- hooks
     def on_train_start(self, trainer, module) -> None:
@@ -128,7 +111,7 @@ class RunRecorder(pl.Callback):
         if done % self.log_every == 0 or done % self.checkpoint_every == 0 or done >= trainer.max_epochs:
             self._flush(trainer, module, done)
         if done % self.checkpoint_every == 0 or done >= trainer.max_epochs:
-            self._save_checkpoint(trainer, module)
+            self._save_checkpoint(trainer)
         if self.progress_every and (done % self.progress_every == 0 or done >= trainer.max_epochs):
             self._progress(trainer, module, done)
 

@@ -155,51 +155,6 @@ class Ensemble(nn.Module):
         return net.to(next(self.parameters()).device)
 
 
-def split_checkpoint(ckpt: dict, n_members: int) -> list[dict]:
-    """An ensemble's Lightning checkpoint as one solo checkpoint per member.
-
-    Each member file is what its solo run would have written (keys `net.<param>`), so a solo
-    rerun or load_run reads it as its own.
-    """
-    out = []
-    for i in range(n_members):
-        member = {k: v for k, v in ckpt.items() if k not in ("state_dict", "optimizer_states")}
-        member["state_dict"] = {k.replace("__", "."): v[i].clone() for k, v in ckpt["state_dict"].items()}
-        member["optimizer_states"] = [_map_optimizer_state(s, lambda t: t[i].clone())
-                                      for s in ckpt.get("optimizer_states", [])]
-        out.append(member)
-    return out
-
-
-def join_checkpoints(members: list[dict]) -> dict:
-    """The inverse of split_checkpoint: member checkpoints as one ensemble checkpoint."""
-    joined = {k: v for k, v in members[0].items() if k not in ("state_dict", "optimizer_states")}
-    joined["state_dict"] = {k.replace(".", "__").replace("net__", "net.", 1):
-                            torch.stack([m["state_dict"][k] for m in members])
-                            for k in members[0]["state_dict"]}
-    joined["optimizer_states"] = []
-    for j, state in enumerate(members[0].get("optimizer_states", [])):
-        per = [m["optimizer_states"][j] for m in members]
-        joined["optimizer_states"].append(_map_optimizer_state(
-            state, None, stack=[p for p in per]))
-    return joined
-
-
-def _map_optimizer_state(state: dict, fn, stack: list[dict] | None = None) -> dict:
-    """Apply `fn` to every tensor of an optimizer state (or stack the same tensor of `stack`)."""
-    new = {"param_groups": copy.deepcopy(state["param_groups"]), "state": {}}
-    for idx, slots in state["state"].items():
-        new["state"][idx] = {}
-        for key, value in slots.items():
-            if not torch.is_tensor(value) or value.ndim == 0:
-                new["state"][idx][key] = value
-            elif stack is not None:
-                new["state"][idx][key] = torch.stack([s["state"][idx][key] for s in stack])
-            else:
-                new["state"][idx][key] = fn(value)
-    return new
-
-
 class DistanceModule(pl.LightningModule):
     """Cross-entropy on the network output as logits, optimizer from config.
 
@@ -239,14 +194,6 @@ class DistanceModule(pl.LightningModule):
         for member, params in self.frozen.items():
             for n, value in params.items():
                 stacked[n][member].copy_(value)
-
-    def __setattr__(self, name: str, value) -> None:
-        # Lightning sets `_current_fx_name` twice around every hook call (~40 times an
-        # epoch); it is a plain string, so skip nn.Module's parameter/buffer/module checks.
-        if name == "_current_fx_name":
-            object.__setattr__(self, name, value)
-        else:
-            super().__setattr__(name, value)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits with a leading member axis: (members, n, classes)."""
@@ -317,13 +264,15 @@ class DistanceModule(pl.LightningModule):
             # Full batch: this forward pass already measured the whole training set.
             self._record(0, losses[0] if len(losses) == 1 else torch.cat(losses))
             self._record(1, accs[0] if len(accs) == 1 else torch.cat(accs))
-        if batch_idx == self.trainer.num_training_batches - 1:
-            self._end_of_epoch()
         return None
 
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        # The epoch's own measurements after its last batch: Lightning runs callbacks' epoch-end
+        # hooks before the module's, and the RunRecorder callback must see this epoch's numbers.
+        if batch_idx == self.trainer.num_training_batches - 1:
+            self._end_of_epoch()
+
     def _end_of_epoch(self) -> None:
-        # Here rather than in on_train_epoch_end: Lightning runs callbacks' epoch-end hooks
-        # first, and the RunRecorder callback must see this epoch's numbers.
         epoch = self.current_epoch
         if self.batch_size:  # mini-batches: measure the whole training set once per epoch
             loss, acc = self.evaluate("train")

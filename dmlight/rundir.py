@@ -245,8 +245,13 @@ def reset_run(run_dir: Path) -> None:
         ckpt.unlink()
 
 
+def last_checkpoint_path(run_dir: Path) -> Path:
+    return Path(run_dir) / "checkpoints" / "last.ckpt"
+
+
 def last_checkpoint(run_dir: Path) -> Path | None:
-    p = Path(run_dir) / "checkpoints" / "last.ckpt"
+    """The run's latest checkpoint, if it has one."""
+    p = last_checkpoint_path(run_dir)
     return p if p.exists() else None
 
 

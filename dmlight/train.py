@@ -28,7 +28,8 @@ from dmlight import devices, rundir
 from dmlight.data import load_data_cfg
 from dmlight.loggers import finish_logger, make_logger
 from dmlight.models import ConfigError, model_from_config, unit_counts
-from dmlight.module import DistanceModule, Ensemble, accuracy, join_checkpoints
+from dmlight.checkpoints import MemberCheckpoints
+from dmlight.module import DistanceModule, Ensemble, accuracy
 from dmlight.sweep import record_sweep_failure
 from dmlight.callbacks import RunRecorder
 from dmlight.errors import NonFiniteLoss, UserError
@@ -183,8 +184,9 @@ def _train_locked(cfg: DictConfig, members: list[tuple[DictConfig, Path]],
     return [done[d] for _, d in members]
 
 
-def _resume_point(todo: list[tuple[DictConfig, Path]], name: str) -> list[dict] | None:
-    """The members' last checkpoints, if every member has one from the same epoch."""
+def _resume_point(todo: list[tuple[DictConfig, Path]], name: str) -> Path | None:
+    """The checkpoint to resume from (the first member's; MemberCheckpoints joins the others'),
+    if every member has one from the same epoch."""
     ckpts = [last_checkpoint(d) for _, d in todo]
     if not any(ckpts):
         for _, d in todo:  # metrics of an attempt that died before its first checkpoint
@@ -194,15 +196,15 @@ def _resume_point(todo: list[tuple[DictConfig, Path]], name: str) -> list[dict] 
         missing = [str(d) for (_, d), c in zip(todo, ckpts) if c is None]
         raise RunDirConflict(f"{name}: some members have a checkpoint and some do not ({', '.join(missing)}); "
                              "an ensemble resumes only together. Rerun those seeds solo (seed=<s>) or delete them.")
-    states = [torch.load(c, map_location="cpu", weights_only=False) for c in ckpts]
-    epochs = {s["epoch"] for s in states}
+    epochs = {torch.load(c, map_location="cpu", weights_only=False)["epoch"] for c in ckpts}
     if len(epochs) > 1:
         raise RunDirConflict(f"{name}: members were checkpointed at different epochs {sorted(epochs)}; "
                              "rerun them solo (seed=<s>) to resume each on its own.")
+    epoch = epochs.pop() + 1
     for (_, d), c in zip(todo, ckpts):
-        truncate_metrics(d, states[0]["epoch"] + 1)
-        print(f"[{name}] resuming {d} from {c} (epoch {states[0]['epoch'] + 1})", flush=True)
-    return states
+        truncate_metrics(d, epoch)
+        print(f"[{name}] resuming {d} from {c} (epoch {epoch})", flush=True)
+    return ckpts[0]
 
 
 def _fit(cfg: DictConfig, todo: list[tuple[DictConfig, Path]], name: str,
@@ -215,13 +217,7 @@ def _fit(cfg: DictConfig, todo: list[tuple[DictConfig, Path]], name: str,
     module = DistanceModule(net, data, hydra.utils.instantiate(cfg.optimizer), cfg.data.batch_size,
                             cfg.eval_every, cfg.data.get("shuffle_seed", 0), cfg.run.get("member_group"))
     run_dirs = [d for _, d in todo]
-    states = _resume_point(todo, name)
-    ckpt_path = None
-    if states is not None:
-        ckpt_path = last_checkpoint(run_dirs[0])
-        if len(states) > 1:  # an ensemble resumes from its members' files joined into one
-            ckpt_path = run_dirs[0] / "checkpoints" / "ensemble_resume.ckpt"
-            torch.save(join_checkpoints(states), ckpt_path)
+    ckpt_path = _resume_point(todo, name)
 
     label = name if len(todo) == 1 else f"{name} seeds {','.join(str(c.seed) for c, _ in todo)}"
     logger = make_logger(cfg if len(todo) > 1 else todo[0][0], run_dirs[0], label)
@@ -237,7 +233,7 @@ def _fit(cfg: DictConfig, todo: list[tuple[DictConfig, Path]], name: str,
 
     trainer = pl.Trainer(**OmegaConf.to_container(cfg.trainer, resolve=True), logger=logger or False,
                          callbacks=make_callbacks(cfg, run_dirs, label, on_diverged) + callbacks,
-                         default_root_dir=str(run_dirs[0]),
+                         default_root_dir=str(run_dirs[0]), plugins=[MemberCheckpoints(run_dirs)],
                          enable_checkpointing=False, enable_progress_bar=False,
                          enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0)
     t0 = time.perf_counter()
@@ -257,8 +253,6 @@ def _fit(cfg: DictConfig, todo: list[tuple[DictConfig, Path]], name: str,
                   flush=True)
     finally:
         finish_logger(logger)
-        if ckpt_path is not None and ckpt_path.name == "ensemble_resume.ckpt":
-            ckpt_path.unlink(missing_ok=True)
     return summaries
 
 

@@ -7,7 +7,8 @@ import torch
 
 import dmlight
 from dmlight import train as train_mod
-from dmlight.module import Ensemble, join_checkpoints, split_checkpoint
+from dmlight.checkpoints import join_checkpoints, split_checkpoint
+from dmlight.module import Ensemble
 from dmlight.rundir import identity, read_metrics
 from dmlight.train import build_network, expand_seed_ranges, member_dir, train
 from tests.conftest import train_cfg
