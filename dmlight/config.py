@@ -46,7 +46,14 @@ def _n_jobs(cpu_jobs=2) -> int:
     return default_n_jobs(int(cpu_jobs))
 
 
-for _name, _fn in (("dmlight_run_subdir", _run_subdir), ("dmlight_variant", _variant), ("dmlight_n_jobs", _n_jobs)):
+def _wandb_mode() -> str:
+    from dmlight.loggers import wandb_mode
+
+    return wandb_mode()
+
+
+for _name, _fn in (("dmlight_run_subdir", _run_subdir), ("dmlight_variant", _variant), ("dmlight_n_jobs", _n_jobs),
+                   ("dmlight_wandb_mode", _wandb_mode)):
     if not OmegaConf.has_resolver(_name):
         OmegaConf.register_new_resolver(_name, _fn)
 

@@ -34,34 +34,47 @@ def wandb_mode(requested: str | None = None) -> str:
     return "online" if has_entry else "offline"
 
 
-def make_logger(cfg: DictConfig, run_dir: Path, name: str):
-    """The Lightning logger `cfg.logger` asks for, or None."""
-    kind = cfg.logger.name
-    if kind == "none":
-        return None
-    if kind == "csv":
-        from pytorch_lightning.loggers import CSVLogger
+def instantiate_group(specs, what: str, **runtime) -> list:
+    """Build every `_target_` entry of a config group (`logger`, `callbacks`) with
+    hydra.utils.instantiate, filling the keys it marks ??? from `runtime` (run directories, names).
 
-        return CSVLogger(save_dir=str(run_dir), name="", version="csv_logs")
-    if kind == "wandb":
-        from pytorch_lightning.loggers import WandbLogger
+    Example:
+        >>> instantiate_group(cfg.logger, "logger", save_dir="/tmp/run", name="ReLU-seed0")  # doctest: +SKIP
+        [<pytorch_lightning.loggers.csv_logs.CSVLogger object at ...>]
+    """
+    from hydra.utils import instantiate
 
-        mode = wandb_mode(cfg.logger.get("mode"))
-        if mode == "offline":
-            print(f"[{name}] W&B offline (no account or network): sync later with "
+    from dmlight.models import ConfigError
+
+    built = []
+    for key, spec in (specs or {}).items():
+        if not isinstance(spec, DictConfig) or "_target_" not in spec:
+            continue
+        missing = [k for k in spec if OmegaConf.is_missing(spec, k)]
+        unknown = [k for k in missing if k not in runtime]
+        if unknown:
+            raise ConfigError(f"{what}.{key}: {', '.join(unknown)} must be set (???); dmlight.train fills in only "
+                              f"{', '.join(sorted(runtime))}. Set them, e.g. {what}.{key}.{unknown[0]}=...")
+        built.append(instantiate(spec, **{k: runtime[k] for k in missing}))
+    return built
+
+
+def make_loggers(cfg: DictConfig, run_dir: Path, name: str) -> list:
+    """The Lightning loggers `cfg.logger` lists (conf/logger/), for the run in `run_dir`, with
+    the run's config logged as hyperparameters."""
+    loggers = instantiate_group(cfg.get("logger"), "logger", save_dir=str(run_dir), name=name)
+    for logger in loggers:
+        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+    for key, spec in (cfg.get("logger") or {}).items():
+        if isinstance(spec, DictConfig) and spec.get("mode") == "offline":
+            print(f"[{name}] {key} offline (no account or network): sync later with "
                   f"`wandb sync {run_dir}/wandb/offline-run-*`", flush=True)
-        tags = [f"arch={cfg.arch.name}", f"activation={cfg.activation.name}", f"seed={cfg.seed}",
-                f"data={cfg.data.name}", f"head_bias={cfg.arch.head_bias}"]
-        return WandbLogger(project=cfg.logger.project, entity=cfg.logger.get("entity"),
-                           group=cfg.experiment_name, name=f"{name}-seed{cfg.seed}", tags=tags,
-                           save_dir=str(run_dir), mode=mode, job_type="train",
-                           config=OmegaConf.to_container(cfg, resolve=True))
-    raise ValueError(f"unknown logger {kind!r}; accepted: wandb, csv, none. Set logger=<one of them>.")
+    return loggers
 
 
-def finish_logger(logger) -> None:
-    """Close the W&B run so the next job of a multirun starts a fresh one."""
-    if logger is not None and type(logger).__name__ == "WandbLogger":
-        import wandb
-
-        wandb.finish()
+def finish_loggers(loggers) -> None:
+    """Close each logger's run (a W&B run's `finish`), so the next job of a multirun starts a fresh one."""
+    for logger in loggers:
+        finish = getattr(logger.experiment, "finish", None)
+        if callable(finish):
+            finish()

@@ -564,15 +564,17 @@ class PerturbationSweep(pl.Callback):
     """
 
     def __init__(self, run_dirs: str | Path | list, cfg):
-        self.run_dirs = [Path(d) for d in (run_dirs if isinstance(run_dirs, (list, tuple)) else [run_dirs])]
+        self.run_dirs = [Path(run_dirs)] if isinstance(run_dirs, (str, Path)) else [Path(d) for d in run_dirs]
         self.cfg = cfg
-        sweep_points(cfg)
+        if cfg.get("kinds"):  # a bad grid fails before training; perturbation=none sweeps nothing
+            sweep_points(cfg)
 
     def on_fit_start(self, trainer, pl_module) -> None:
-        sweep_points(self.cfg, pl_module.net.site, pl_module.net.hidden_units)
+        if self.cfg.get("kinds"):
+            sweep_points(self.cfg, pl_module.net.site, pl_module.net.hidden_units)
 
     def on_fit_end(self, trainer, pl_module) -> None:
-        if not trainer.is_global_zero:
+        if not trainer.is_global_zero or not self.cfg.get("kinds"):  # perturbation=none: nothing to sweep
             return
         data = pl_module.data
         members = pl_module.members() if hasattr(pl_module, "members") else [pl_module.net]

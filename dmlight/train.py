@@ -26,7 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 from dmlight import config as _config  # noqa: F401  (registers the ${paper_name:...} resolver)
 from dmlight import devices, rundir
 from dmlight.data import load_data_cfg
-from dmlight.loggers import finish_logger, make_logger
+from dmlight.loggers import finish_loggers, instantiate_group, make_loggers
 from dmlight.models import ConfigError, model_from_config, unit_counts
 from dmlight.checkpoints import MemberCheckpoints
 from dmlight.module import DistanceModule, Ensemble, accuracy
@@ -67,14 +67,8 @@ def member_dir(cfg: DictConfig, seed: int) -> Path:
 
 
 def make_callbacks(cfg: DictConfig, run_dirs: list[Path], name: str, on_diverged=None) -> list[pl.Callback]:
-    callbacks: list[pl.Callback] = [
-        RunRecorder(run_dirs, name, cfg.run.checkpoint_every, cfg.run.progress_every, cfg.run.log_every,
-                    on_diverged=on_diverged)]
-    if cfg.perturbation.get("kinds"):
-        from dmlight.perturbation import PerturbationSweep
-
-        callbacks.append(PerturbationSweep(run_dirs, cfg.perturbation))
-    return callbacks
+    """The Lightning callbacks `cfg.callbacks` lists (conf/callbacks/), for these run directories."""
+    return instantiate_group(cfg.callbacks, "callbacks", run_dirs=run_dirs, name=name, on_diverged=on_diverged)
 
 
 def run_fields(cfg: DictConfig, status: str) -> dict:
@@ -220,7 +214,8 @@ def _fit(cfg: DictConfig, todo: list[tuple[DictConfig, Path]], name: str,
     ckpt_path = _resume_point(todo, name)
 
     label = name if len(todo) == 1 else f"{name} seeds {','.join(str(c.seed) for c, _ in todo)}"
-    logger = make_logger(cfg if len(todo) > 1 else todo[0][0], run_dirs[0], label)
+    loggers = make_loggers(cfg if len(todo) > 1 else todo[0][0], run_dirs[0],
+                           f"{name}-seed{todo[0][0].seed}" if len(todo) == 1 else label.replace(" ", "-"))
     summaries = {}
 
     def on_diverged(member: int, epoch: int, loss: float) -> None:
@@ -231,7 +226,7 @@ def _fit(cfg: DictConfig, todo: list[tuple[DictConfig, Path]], name: str,
         print(f"[{name}] seed {member_cfg.seed} diverged: loss {loss} at epoch {epoch}; retired, "
               f"{'the others train on' if len(todo) > 1 else 'stopping'}  -> {d}", flush=True)
 
-    trainer = pl.Trainer(**OmegaConf.to_container(cfg.trainer, resolve=True), logger=logger or False,
+    trainer = pl.Trainer(**OmegaConf.to_container(cfg.trainer, resolve=True), logger=loggers or False,
                          callbacks=make_callbacks(cfg, run_dirs, label, on_diverged) + callbacks,
                          default_root_dir=str(run_dirs[0]), plugins=[MemberCheckpoints(run_dirs)],
                          enable_checkpointing=False, enable_progress_bar=False,
@@ -252,7 +247,7 @@ def _fit(cfg: DictConfig, todo: list[tuple[DictConfig, Path]], name: str,
                   f"test acc {100 * summary['test_acc']:.2f}%  loss {summary['train_loss']:.4g}  -> {d}",
                   flush=True)
     finally:
-        finish_logger(logger)
+        finish_loggers(loggers)
     return summaries
 
 

@@ -160,3 +160,25 @@ def test_shuffle_seed_is_part_of_a_mini_batch_runs_identity_only():
     assert identity(full)["data.shuffle_seed"] is None  # full-batch run dirs made before the key existed still match
     assert identity(mini)["data.shuffle_seed"] == 0
     assert identity(train_cfg("data.batch_size=100", "data.shuffle_seed=3")) != identity(mini)
+
+
+def test_callbacks_and_loggers_come_from_the_config(tmp_path):
+    """conf/callbacks and conf/logger entries are built with hydra.utils.instantiate; a user adds one
+    on the command line, and a ??? key dmlight cannot fill is a config error naming it."""
+    from omegaconf import OmegaConf
+
+    from dmlight.loggers import instantiate_group
+    from dmlight.models import ConfigError
+    from dmlight.train import make_callbacks
+
+    cfg = train_cfg("data=synthetic", "trainer.max_epochs=3", "seed=7", "logger=csv",
+                    "+callbacks.timer._target_=pytorch_lightning.callbacks.Timer")
+    assert [type(c).__name__ for c in make_callbacks(cfg, [tmp_path], "ReLU")] == \
+        ["RunRecorder", "PerturbationSweep", "Timer"]
+    assert train(cfg, tmp_path)["status"] == "complete"
+    hparams = OmegaConf.load(tmp_path / "csv_logs" / "hparams.yaml")  # the run's config, as hyperparameters
+    assert (hparams.seed, hparams.data.name, hparams.trainer.max_epochs) == (7, "synthetic", 3)
+    assert len(read_metrics(tmp_path / "csv_logs")) >= 1
+    spec = OmegaConf.create({"mine": {"_target_": "pytorch_lightning.callbacks.Timer", "duration": "???"}})
+    with pytest.raises(ConfigError, match=r"callbacks.mine: duration must be set"):
+        instantiate_group(spec, "callbacks", run_dirs=[tmp_path])
