@@ -8,6 +8,8 @@ it needs is otherwise absent. USE claims use each run's training-set accuracy ag
 use_distance_metrics. LEARN claims use test accuracy, each model from the experiment the paper trains it in
 (learn_distance_metrics, learn_bias, offset_l2), else from the one with most runs of it. The numbers a rule compares
 against are the fields of `Thresholds` (thresholds.py), each stated there once with its reason.
+
+To add a claim: write a function `(data, th) -> Result` below and one `Claim(...)` line in CLAIMS.
 """
 from __future__ import annotations
 
