@@ -129,14 +129,14 @@ def _failure(path: Path) -> str:
 def _incomplete_reason(path: Path) -> tuple[str | None, dict | None]:
     """(why the run does not count, or None; its summary when it counts: a finished status, rundir.FINISHED)."""
     summary_name = rundir.SUMMARY_FILE
+    if not rundir.summary_path(path).exists():
+        if rundir.failed_path(path).exists():
+            return f"failed: {str(_failure(path))[:200]}", None
+        return f"no {summary_name} (still running, crashed or failed)", None
     try:
         summary = rundir.read_json(rundir.summary_path(path))
     except (OSError, ValueError) as e:
         return f"{summary_name} unreadable ({e.__class__.__name__})", None
-    if summary is None:
-        if rundir.failed_path(path).exists():
-            return f"failed: {str(_failure(path))[:200]}", None
-        return f"no {summary_name} (still running, crashed or failed)", None
     if not isinstance(summary, dict) or summary.get("status") not in rundir.FINISHED:
         status = summary.get("status") if isinstance(summary, dict) else None
         return f"{summary_name} status is {status!r}, not " + " or ".join(map(repr, rundir.FINISHED)), None
