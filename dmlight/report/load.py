@@ -80,7 +80,7 @@ def find_run_dirs(dirs, skip=()) -> list[Path]:
                                      and any(q != p and p in q.parents for q in found))]
 
 
-def _config_fields(path: Path) -> dict:
+def _config_identity(path: Path) -> dict:
     """experiment, seed, arch, activation (as text) from a run's config.yaml, for an incomplete run's row."""
     try:
         cfg = rundir.read_config(path)
@@ -174,7 +174,7 @@ def _divergence(s: dict, path: Path) -> tuple[float, str]:
 
 def _incomplete_row(path: Path, why: str) -> dict:
     m = read_metrics(path) if rundir.metrics_path(path).exists() else None
-    return {"path": str(path), "reason": why, **_config_fields(path),
+    return {"path": str(path), "reason": why, **_config_identity(path),
             "epochs_logged": int(m.epoch.max()) if m is not None and len(m) else 0,
             "last_train_acc_pct": pct(float(m.train_acc.iloc[-1])) if m is not None and len(m) else math.nan}
 
