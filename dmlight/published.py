@@ -89,3 +89,14 @@ def use_published(kind: str, model: str, point: float) -> float | None:
         if abs(p - point) < 1e-9:
             return v
     return None
+
+
+def use_table_grids() -> dict[str, list[float]]:
+    """{kind: the magnitudes of the USE paper's table}, the grids of `perturbation=use_table`.
+
+        >>> {kind: len(points) for kind, points in use_table_grids().items()}
+        {'scale': 6, 'clip': 8, 'offset': 19}
+        >>> use_table_grids()["clip"][-1]
+        0.75
+    """
+    return {kind: list(points) for kind, (points, _) in USE_POINTS.items()}

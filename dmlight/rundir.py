@@ -100,6 +100,12 @@ def member_dirs(job_dir: str | Path, seeds) -> dict[int, Path]:
     return {s: home / seed_dir_name(s) for s in seeds}
 
 
+# The files of a run directory (see above), and the statuses its summary.json may say.
+CONFIG_FILE, METRICS_FILE, SUMMARY_FILE = "config.yaml", "metrics.csv", "summary.json"
+PERTURBATION_FILE, FAILED_FILE = "perturbation.csv", "failed.json"
+RUN_FILES = (CONFIG_FILE, SUMMARY_FILE, METRICS_FILE)  # a folder holding one of these is a run (or a sweep root)
+COMPLETE, DIVERGED = "complete", "diverged"
+FINISHED = (COMPLETE, DIVERGED)  # the statuses of a finished run (one with a summary)
 METRICS_COLUMNS = ("epoch", "train_loss", "train_acc", "test_acc")
 # Config keys that decide a run's numbers; two configs that agree on these are the same run.
 IDENTITY_KEYS = ("experiment_name", "seed", "data.name", "data.preprocess", "data.batch_size",
@@ -161,7 +167,7 @@ def claim_run_dir(run_dir: Path, cfg: DictConfig) -> None:
     A directory holding another config's run raises RunDirConflict naming the keys that differ.
     """
     run_dir.mkdir(parents=True, exist_ok=True)
-    saved = run_dir / "config.yaml"
+    saved = run_dir / CONFIG_FILE
     if saved.exists():
         old = _flatten(identity(OmegaConf.load(saved)))
         new = _flatten(identity(cfg))
@@ -177,7 +183,7 @@ def claim_run_dir(run_dir: Path, cfg: DictConfig) -> None:
 def record_failure(run_dir: Path, error: BaseException) -> None:
     """failed.json: why this attempt failed (a rerun resumes; success removes the file)."""
     if Path(run_dir).is_dir():
-        write_json_atomic(Path(run_dir) / "failed.json", {
+        write_json_atomic(Path(run_dir) / FAILED_FILE, {
             "error": type(error).__name__, "message": str(error), "time": time.time()})
 
 
@@ -217,12 +223,24 @@ class RunLock:
 
 
 def summary_path(run_dir: Path) -> Path:
-    return Path(run_dir) / "summary.json"
+    return Path(run_dir) / SUMMARY_FILE
+
+
+def metrics_path(run_dir: Path) -> Path:
+    return Path(run_dir) / METRICS_FILE
+
+
+def perturbation_path(run_dir: Path) -> Path:
+    return Path(run_dir) / PERTURBATION_FILE
+
+
+def failed_path(run_dir: Path) -> Path:
+    return Path(run_dir) / FAILED_FILE
 
 
 def read_config(run_dir: Path) -> DictConfig | None:
     """The run's resolved config.yaml, or None when there is none."""
-    path = Path(run_dir) / "config.yaml"
+    path = Path(run_dir) / CONFIG_FILE
     return OmegaConf.load(path) if path.is_file() else None
 
 
@@ -233,13 +251,13 @@ def status(run_dir: Path) -> str | None:
 
 
 def is_complete(run_dir: Path) -> bool:
-    return status(run_dir) == "complete"
+    return status(run_dir) == COMPLETE
 
 
 def reset_run(run_dir: Path) -> None:
     """Remove what training wrote (summary, metrics, checkpoints), keeping config.yaml: a retry starts afresh."""
     run_dir = Path(run_dir)
-    for name in ("summary.json", "metrics.csv", "perturbation.csv", "unit_ranges.csv", "failed.json"):
+    for name in (SUMMARY_FILE, METRICS_FILE, PERTURBATION_FILE, "unit_ranges.csv", FAILED_FILE):
         (run_dir / name).unlink(missing_ok=True)
     for ckpt in (run_dir / "checkpoints").glob("*.ckpt"):
         ckpt.unlink()
@@ -256,7 +274,7 @@ def last_checkpoint(run_dir: Path) -> Path | None:
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
-    path = Path(run_dir) / "metrics.csv"
+    path = metrics_path(run_dir)
     if not path.exists():
         return []
     with open(path) as f:
@@ -266,7 +284,7 @@ def read_metrics(run_dir: Path) -> list[dict]:
 def truncate_metrics(run_dir: Path, last_epoch: int) -> None:
     """Keep metrics.csv rows up to `last_epoch` (the checkpoint a resumed run starts from)."""
     rows = [r for r in read_metrics(run_dir) if int(r["epoch"]) <= last_epoch]
-    path = Path(run_dir) / "metrics.csv"
+    path = metrics_path(run_dir)
     tmp = path.with_name("metrics.csv.tmp")
     with open(tmp, "w", newline="") as f:
         w = csv.DictWriter(f, METRICS_COLUMNS)

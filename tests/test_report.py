@@ -1,10 +1,14 @@
-"""dmlight.report on hand-made run folders: files, numbers, scorecard flips, incomplete runs, CLI, W&B payload."""
+"""dmlight.report on hand-made run folders: files, numbers, scorecard flips, incomplete runs, CLI, W&B payload;
+and the package's shape: one function per claim, each threshold stated once, small torch-free modules."""
 import doctest
+import importlib
 import json
 import os
+import pkgutil
+import re
 import subprocess
 import sys
-from dataclasses import fields
+from dataclasses import fields, replace
 from pathlib import Path
 
 import matplotlib.image as mpimg
@@ -455,12 +459,66 @@ def test_find_run_dirs_skips_tool_folders_and_containers(tmp_path):
         report.find_run_dirs([tmp_path / "nowhere"])
 
 
-def test_thresholds_are_documented_in_the_module_docstring():
+def test_thresholds_are_stated_once_and_generated_everywhere(full):
+    """Each threshold's value and why live in Thresholds' fields only; the help, report.md's Notes and the
+    scorecard's rules are generated from them."""
+    root, out = full
+    help_text, md = report.cli.usage(), (out / "report.md").read_text()
     for f in fields(THRESHOLDS):
-        assert f"{f.name} = {getattr(THRESHOLDS, f.name)}" in report.__doc__, f.name
-        assert f.metadata["why"]
+        value, why = getattr(THRESHOLDS, f.name), f.metadata["why"]
+        assert why, f.name
+        assert f"{f.name} = {value}" in help_text, f.name
+        assert "| {} | {} | {} |".format(f.name, value, why.replace("|", "\\|")) in md, f.name
+    # no module restates a value: the rules cite thresholds through Thresholds.named
+    for path in Path(report.__file__).parent.glob("*.py"):
+        if path.name != "thresholds.py":
+            text = path.read_text()
+            for f in fields(THRESHOLDS):
+                for literal in (f"{f.name} = {getattr(THRESHOLDS, f.name)}", f"{f.name}={getattr(THRESHOLDS, f.name)}"):
+                    assert literal not in text, (path.name, literal)
+    # every value a rule cites is the one it was given
+    moved = replace(THRESHOLDS, **{f.name: getattr(THRESHOLDS, f.name) * 2 + 0.25 for f in fields(THRESHOLDS)})
+    rules = " ".join(scorecard(load_runs([root]), moved).threshold)
+    cited = re.findall(r"(\w+)=([-\d.]+)", rules)
+    assert {name for name, _ in cited} == {f.name for f in fields(THRESHOLDS)} - {"match_rel_tol"}
+    for name, value in cited:
+        assert float(value) == getattr(moved, name), name
 
 
 def test_docstring_examples_run():
-    result = doctest.testmod(report)
-    assert result.attempted > 0 and result.failed == 0
+    attempted = 0
+    for info in pkgutil.iter_modules(report.__path__):
+        if info.name == "__main__":
+            continue
+        module = importlib.import_module(f"dmlight.report.{info.name}")
+        result = doctest.testmod(module)
+        assert result.failed == 0, info.name
+        attempted += result.attempted
+    assert attempted > 0
+
+
+def test_no_report_module_is_over_400_lines():
+    for path in Path(report.__file__).parent.glob("*.py"):
+        assert len(path.read_text().splitlines()) <= 400, path.name
+
+
+def test_every_report_module_imports_without_torch():
+    names = [f"dmlight.report.{m.name}" for m in pkgutil.iter_modules(report.__path__) if m.name != "__main__"]
+    code = f"import dmlight.report, sys; import {', '.join(names)}; assert 'torch' not in sys.modules"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+
+
+def test_each_claim_is_one_function_with_its_checks_and_rule(full, tmp_path):
+    assert [(c.paper, c.number) for c in report.CLAIMS] == [("USE", i) for i in range(1, 5)] + [
+        ("LEARN", i) for i in range(1, 7)]
+    assert len({c.check for c in report.CLAIMS}) == len(report.CLAIMS)  # no function serves two claims
+    root, _ = full
+    (tmp_path / "empty").mkdir()
+    for data in (load_runs([root]), load_runs([tmp_path / "empty"])):
+        for claim in report.CLAIMS:
+            checks, evidence, rule = claim.check(data, THRESHOLDS)
+            assert checks and all(c in (True, False, None) for c in checks), (claim.paper, claim.number)
+            assert evidence and all(isinstance(e, str) and e for e in evidence), (claim.paper, claim.number)
+            assert isinstance(rule, str) and rule.strip(), (claim.paper, claim.number)
+            assert claim.text and claim.models and claim.check.__doc__

@@ -1,9 +1,11 @@
 """dmlight.stats against values computed here by hand (numpy formulas) and by scipy.stats."""
 import doctest
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
+from omegaconf import OmegaConf
 from scipy import stats as st
 
 from dmlight import published, stats
@@ -101,3 +103,18 @@ def test_docstring_examples_run():
     for module in (stats, published):
         result = doctest.testmod(module)
         assert result.attempted > 0 and result.failed == 0, module.__name__
+
+
+def test_use_table_grids_are_the_published_points(conf=Path(__file__).parent.parent / "conf"):
+    """perturbation=use_table sweeps the USE table's magnitudes: its YAML either copies published.py's points or
+    reads them from published.use_table_grids() through a resolver."""
+    grids = published.use_table_grids()
+    assert grids == {kind: list(points) for kind, (points, _) in published.USE_POINTS.items()}
+    assert all(len(grids[k]) == len(published.USE_POINTS[k][1]["ReLU_Bias"]) for k in grids)
+    raw = OmegaConf.to_container(OmegaConf.load(conf / "perturbation" / "use_table.yaml"), resolve=False)["grids"]
+    for kind, points in grids.items():
+        spec = raw if isinstance(raw, str) else raw[kind]
+        if isinstance(spec, str):  # an interpolation of the resolver that calls use_table_grids()
+            assert "use_table_grids" in spec, kind
+        else:
+            assert [float(x) for x in spec] == pytest.approx(points, abs=1e-12), kind

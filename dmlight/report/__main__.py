@@ -1,0 +1,3 @@
+from dmlight.report.cli import main
+
+main()
