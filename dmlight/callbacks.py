@@ -11,6 +11,7 @@ import pytorch_lightning as pl
 import torch
 
 from dmlight.errors import NonFiniteLoss
+from dmlight.progress import format_rate, format_seconds
 from dmlight.rundir import METRICS_COLUMNS, last_checkpoint_path
 
 
@@ -128,5 +129,5 @@ class RunRecorder(pl.Callback):
         eta = (trainer.max_epochs - done) / max(rate, 1e-9)
         mean = "" if len(self.run_dirs) == 1 else f" (mean of {len(alive)})"
         print(f"[{self.name}] epoch {done}/{trainer.max_epochs}  loss {loss:.4g}  "
-              f"train {100 * acc:.2f}%  test {100 * test:.2f}%{mean}  {rate:.0f} ep/s  ETA {eta:.0f}s",
+              f"train {100 * acc:.2f}%  test {100 * test:.2f}%{mean}  {format_rate(rate)}  ETA {format_seconds(eta)}",
               flush=True)

@@ -10,7 +10,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from dmlight import rundir
-from dmlight.models import paper_name
+from dmlight.grid import paper_name
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 

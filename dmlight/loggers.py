@@ -44,7 +44,7 @@ def instantiate_group(specs, what: str, **runtime) -> list:
     """
     from hydra.utils import instantiate
 
-    from dmlight.models import ConfigError
+    from dmlight.errors import ConfigError
 
     built = []
     for key, spec in (specs or {}).items():

@@ -14,66 +14,19 @@ models and LEARN's bias ablation).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from collections import OrderedDict
 
 import torch
 from torch import nn
 
-from dmlight.errors import UserError
+from dmlight.errors import ConfigError
+from dmlight.grid import ACTIVATION_NAMES, ARCHS, SITES, check, paper_name  # noqa: F401  (re-exported)
 from dmlight.layers import Abs, Neg, OffsetL2, Perturbation
 
-ACTIVATIONS = {
-    "relu": ("ReLU", nn.ReLU),
-    "abs": ("Abs", Abs),
-    "sigmoid": ("Sigmoid", nn.Sigmoid),
-    "tanh": ("Tanh", nn.Tanh),
-    "gelu": ("GELU", nn.GELU),
-    "leaky_relu": ("LeakyReLU", nn.LeakyReLU),
-}
-
-
-@dataclass(frozen=True)
-class Arch:
-    head: str  # "linear" or "offset_l2"
-    output_activation: bool
-    neg: bool
-    name_pattern: str  # "{act}" is replaced by the activation's paper name
-
-
-ARCHS = {
-    "mlp": Arch("linear", False, False, "{act}"),
-    "mlp2": Arch("linear", True, False, "{act}2"),
-    "mlp2_neg": Arch("linear", True, True, "{act}2-Neg"),
-    "offset_l2": Arch("offset_l2", False, False, "{act}-L2"),
-    "offset_l2_neg": Arch("offset_l2", False, True, "{act}-L2-Neg"),
-}
-
-SITES = ("pre_activation", "post_activation")
-
-
-class ConfigError(UserError, ValueError):
-    """A config value dmlight does not accept; the message says which values it does."""
-
-
-def _check(kind: str, value, accepted) -> None:
-    if value not in accepted:
-        raise ConfigError(f"unknown {kind} {value!r}; accepted: {', '.join(map(str, accepted))}. "
-                          f"Pick one on the command line, e.g. {kind}={list(accepted)[0]}")
-
-
-def paper_name(arch: str, activation: str, head_bias: bool) -> str:
-    """The papers' name for a grid point.
-
-    Example:
-        >>> paper_name("mlp2_neg", "relu", False), paper_name("mlp", "abs", True)
-        ('ReLU2-Neg', 'Abs_Bias')
-    """
-    _check("arch", arch, ARCHS)
-    _check("activation", activation, ACTIVATIONS)
-    name = ARCHS[arch].name_pattern.format(act=ACTIVATIONS[activation][0])
-    return name + ("_Bias" if head_bias else "")
+_MODULES = {"relu": nn.ReLU, "abs": Abs, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh, "gelu": nn.GELU,
+            "leaky_relu": nn.LeakyReLU}
+# activation name -> (the papers' name, its torch module); the names live in dmlight/grid.py
+ACTIVATIONS = {name: (paper, _MODULES[name]) for name, paper in ACTIVATION_NAMES.items()}
 
 
 class Network(nn.Sequential):
@@ -85,9 +38,9 @@ class Network(nn.Sequential):
 
     def __init__(self, arch: str, activation: str, head_bias: bool, hidden: int = 128,
                  in_features: int = 784, n_classes: int = 10, site: str = "pre_activation"):
-        _check("arch", arch, ARCHS)
-        _check("activation", activation, ACTIVATIONS)
-        _check("perturbation site", site, SITES)
+        check("arch", arch, ARCHS)
+        check("activation", activation, ACTIVATIONS)
+        check("perturbation site", site, SITES)
         spec = ARCHS[arch]
         if spec.head == "offset_l2" and head_bias:
             raise ConfigError(f"arch {arch!r} has no bias (OffsetL2 is a distance layer); "

@@ -13,7 +13,7 @@ from torchmetrics.functional.classification import multiclass_accuracy
 
 from dmlight.data import Splits
 from dmlight.layers import Abs, Neg, OffsetL2, Perturbation, offset_l2, stacked_linear
-from dmlight.models import ConfigError
+from dmlight.errors import ConfigError
 
 
 class Batches:

@@ -20,6 +20,7 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from dmlight.config import CONF_DIR
 from dmlight.data import DataError, Splits
 from dmlight.errors import UserError
 from dmlight.perturbation import PerturbationError, append_results, run_sweep, sweep_points, write_unit_ranges
@@ -58,7 +59,7 @@ def perturb(run_dir: str | Path, cfg, device: str = "auto", log=print) -> list[d
     return rows
 
 
-@hydra.main(config_path="../conf", config_name="perturb", version_base="1.3")
+@hydra.main(config_path=str(CONF_DIR), config_name="perturb", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     try:
         if OmegaConf.is_missing(cfg, "run_dir"):

@@ -17,22 +17,18 @@ import warnings
 from pathlib import Path
 
 import hydra
-import pytorch_lightning as pl
-import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from dmlight import config as _config  # noqa: F401  (registers the ${paper_name:...} resolver)
+# torch and Lightning are imported where a run trains, so that --help, --cfg, shell completion
+# and config errors answer at once (tests/test_cli.py checks that they import neither).
+from dmlight import config as _config  # noqa: F401  (registers the run directory's resolvers)
 from dmlight import devices, rundir
-from dmlight.data import load_data_cfg
+from dmlight.errors import ConfigError, NonFiniteLoss, UserError
 from dmlight.loggers import finish_loggers, instantiate_group, make_loggers
-from dmlight.models import ConfigError, model_from_config, unit_counts
-from dmlight.checkpoints import MemberCheckpoints
-from dmlight.module import DistanceModule, Ensemble, accuracy
+from dmlight.progress import seed_range
 from dmlight.sweep import record_sweep_failure
-from dmlight.callbacks import RunRecorder
-from dmlight.errors import NonFiniteLoss, UserError
 from dmlight.rundir import (RunDirBusy, RunDirConflict, RunLock, claim_run_dir, last_checkpoint, read_json,
                             record_failure, reset_run, summary_path, truncate_metrics, write_json_atomic)
 
@@ -50,6 +46,10 @@ warnings.filterwarnings("ignore", message=r".*treespec, LeafSpec.*")
 
 def build_network(cfg: DictConfig, seed: int | None = None):
     """The run's network with exactly the initial weights seed `seed` gives (cfg.seed by default)."""
+    import pytorch_lightning as pl
+
+    from dmlight.models import model_from_config
+
     pl.seed_everything(cfg.seed if seed is None else seed, verbose=False)
     return model_from_config(cfg)
 
@@ -96,6 +96,11 @@ def diverged_message(name: str, summary: dict, run_dir: Path) -> str:
 
 def final_summary(cfg: DictConfig, net, data, seconds: float) -> dict:
     """summary.json of a finished run, measured on the final network."""
+    import torch
+
+    from dmlight.models import unit_counts
+    from dmlight.module import accuracy
+
     net.to(data.x_train.device).eval()
     units, logits = {}, {}
     for split in ("train", "test"):  # one forward pass per split gives the units and the logits
@@ -190,6 +195,8 @@ def _resume_point(todo: list[tuple[DictConfig, Path]], name: str) -> Path | None
         missing = [str(d) for (_, d), c in zip(todo, ckpts) if c is None]
         raise RunDirConflict(f"{name}: some members have a checkpoint and some do not ({', '.join(missing)}); "
                              "an ensemble resumes only together. Rerun those seeds solo (seed=<s>) or delete them.")
+    import torch
+
     epochs = {torch.load(c, map_location="cpu", weights_only=False)["epoch"] for c in ckpts}
     if len(epochs) > 1:
         raise RunDirConflict(f"{name}: members were checkpointed at different epochs {sorted(epochs)}; "
@@ -203,6 +210,14 @@ def _resume_point(todo: list[tuple[DictConfig, Path]], name: str) -> Path | None
 
 def _fit(cfg: DictConfig, todo: list[tuple[DictConfig, Path]], name: str,
          callbacks: list[pl.Callback]) -> dict[Path, dict]:
+    import pytorch_lightning as pl
+    import torch
+
+    from dmlight.checkpoints import MemberCheckpoints
+    from dmlight.data import load_data_cfg
+    from dmlight.module import DistanceModule, Ensemble
+    from dmlight.provenance import provenance
+
     if cfg.run.get("num_threads"):
         torch.set_num_threads(cfg.run.num_threads)
     data = load_data_cfg(cfg.data)
@@ -213,7 +228,7 @@ def _fit(cfg: DictConfig, todo: list[tuple[DictConfig, Path]], name: str,
     run_dirs = [d for _, d in todo]
     ckpt_path = _resume_point(todo, name)
 
-    label = name if len(todo) == 1 else f"{name} seeds {','.join(str(c.seed) for c, _ in todo)}"
+    label = name if len(todo) == 1 else f"{name} seeds {seed_range(c.seed for c, _ in todo)}"
     loggers = make_loggers(cfg if len(todo) > 1 else todo[0][0], run_dirs[0],
                            f"{name}-seed{todo[0][0].seed}" if len(todo) == 1 else label.replace(" ", "-"))
     summaries = {}
@@ -221,7 +236,7 @@ def _fit(cfg: DictConfig, todo: list[tuple[DictConfig, Path]], name: str,
     def on_diverged(member: int, epoch: int, loss: float) -> None:
         member_cfg, d = todo[member]
         module.retire(member)
-        summaries[d] = diverged_summary(member_cfg, epoch, loss, len(todo))
+        summaries[d] = {**diverged_summary(member_cfg, epoch, loss, len(todo)), "provenance": prov}
         write_json_atomic(summary_path(d), summaries[d])
         print(f"[{name}] seed {member_cfg.seed} diverged: loss {loss} at epoch {epoch}; retired, "
               f"{'the others train on' if len(todo) > 1 else 'stopping'}  -> {d}", flush=True)
@@ -231,6 +246,9 @@ def _fit(cfg: DictConfig, todo: list[tuple[DictConfig, Path]], name: str,
                          default_root_dir=str(run_dirs[0]), plugins=[MemberCheckpoints(run_dirs)],
                          enable_checkpointing=False, enable_progress_bar=False,
                          enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0)
+    prov = provenance(trainer.strategy.root_device)
+    for logger in loggers:
+        logger.log_hyperparams({"provenance": prov})
     t0 = time.perf_counter()
     try:
         trainer.fit(module, ckpt_path=str(ckpt_path) if ckpt_path else None)
@@ -241,6 +259,7 @@ def _fit(cfg: DictConfig, todo: list[tuple[DictConfig, Path]], name: str,
             summary = final_summary(member_cfg, member, module.data, time.perf_counter() - t0)
             summary["fit_time_s"] = round(fit_time, 4)
             summary["ensemble_size"] = len(todo)
+            summary["provenance"] = prov
             write_json_atomic(summary_path(d), summary)
             summaries[d] = summary
             print(f"[{name}] seed {member_cfg.seed} done: train acc {100 * summary['train_acc']:.2f}%  "
@@ -271,12 +290,15 @@ def job_device(cfg: DictConfig, hc):
         yield
 
 
-@hydra.main(config_path="../conf", config_name="config", version_base="1.3")
+# An absolute path: Hydra then reads conf/ as files whether run as a module or a command (its
+# package provider cannot list config groups, which tab completion needs).
+@hydra.main(config_path=str(_config.CONF_DIR), config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
     _config.pin_variant(cfg)  # named by this job's overrides, which member configs no longer carry
     try:
+        _config.model_name(cfg)  # an unknown arch or activation is a short error before torch loads
         with job_device(cfg, hc):
             result = train(cfg, run_dir)
         return result["test_acc"] if isinstance(result, dict) else [r["test_acc"] for r in result]
@@ -314,6 +336,11 @@ def expand_seed_ranges(argv: list[str]) -> list[str]:
     return out
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """`dmlight-train [overrides]`, the same as `python -m dmlight.train`."""
     sys.argv = expand_seed_ranges(sys.argv)
     main()
+
+
+if __name__ == "__main__":
+    cli()

@@ -118,7 +118,7 @@ def test_member_groups_fit_the_cpu_cache_and_take_everything_on_a_gpu():
 @pytest.mark.parametrize("bad", [0, -2, "two"])
 def test_a_bad_member_group_is_a_config_error_naming_it(bad):
     from dmlight.data import load_data
-    from dmlight.models import ConfigError
+    from dmlight.errors import ConfigError
     from dmlight.module import DistanceModule
 
     with pytest.raises(ConfigError, match=f"run.member_group={bad!r}.*whole number >= 1"):

@@ -168,7 +168,7 @@ def test_callbacks_and_loggers_come_from_the_config(tmp_path):
     from omegaconf import OmegaConf
 
     from dmlight.loggers import instantiate_group
-    from dmlight.models import ConfigError
+    from dmlight.errors import ConfigError
     from dmlight.train import make_callbacks
 
     cfg = train_cfg("data=synthetic", "trainer.max_epochs=3", "seed=7", "logger=csv",
