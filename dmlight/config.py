@@ -46,6 +46,12 @@ def _n_jobs(cpu_jobs=2) -> int:
     return default_n_jobs(int(cpu_jobs))
 
 
+def _use_table_grids(kind: str) -> list[float]:
+    from dmlight.published import use_table_grids
+
+    return use_table_grids()[kind]
+
+
 def _wandb_mode() -> str:
     from dmlight.loggers import wandb_mode
 
@@ -53,7 +59,7 @@ def _wandb_mode() -> str:
 
 
 for _name, _fn in (("dmlight_run_subdir", _run_subdir), ("dmlight_variant", _variant), ("dmlight_n_jobs", _n_jobs),
-                   ("dmlight_wandb_mode", _wandb_mode)):
+                   ("dmlight_wandb_mode", _wandb_mode), ("dmlight_use_table_grids", _use_table_grids)):
     if not OmegaConf.has_resolver(_name):
         OmegaConf.register_new_resolver(_name, _fn)
 

@@ -118,3 +118,7 @@ def test_use_table_grids_are_the_published_points(conf=Path(__file__).parent.par
             assert "use_table_grids" in spec, kind
         else:
             assert [float(x) for x in spec] == pytest.approx(points, abs=1e-12), kind
+    from dmlight.config import compose_config
+
+    composed = compose_config(["perturbation=use_table"]).perturbation.grids
+    assert {k: list(v) for k, v in composed.items()} == grids  # what a sweep gets
