@@ -36,13 +36,14 @@ def make_run(root: Path, experiment: str, model: str, seed: int, *, test_acc: fl
              train_loss: float = 0.05, epochs: int = 20, dead_outputs: int = 0, perturbation=None,
              complete: bool = True, data: str = "mnist5k", diverged_at: int | None = None,
              diverged_loss: str = "nan", diverged_fields: bool = True, variant: str | None = None,
-             lr: float = 0.001, hidden: int = 128, site: str = "pre_activation") -> Path:
+             lr: float = 0.001, hidden: int = 128, site: str = "pre_activation", provenance: dict | None = None) -> Path:
     """One run folder; accuracies are fractions. perturbation: a DataFrame in perturbation.csv's columns.
 
     diverged_at: the run diverged at that epoch (its training loss became `diverged_loss` there): metrics.csv stops
     at it and summary.json says status "diverged", without accuracies, loss or units (and without diverged_epoch and
     diverged_loss when diverged_fields is False). variant: written to the summary and the folder when given (None
-    writes a summary from before the field existed). site: the summary's perturbation_site.
+    writes a summary from before the field existed). site: the summary's perturbation_site. provenance: the summary's
+    provenance block (None: a summary from before it existed).
     """
     arch, act, bias = arch_of(model)
     run = Path(root) / experiment / f"{data}-raw" / model / (variant or "") / f"seed{seed}"
@@ -75,7 +76,8 @@ def make_run(root: Path, experiment: str, model: str, seed: int, *, test_acc: fl
         if arch.startswith("mlp2"):
             units["output_activation"] = {s: {"n": 10, "dead": dead_outputs, "rare": 1} for s in ("train", "test")}
         summary = {"status": "complete", **identity, "train_loss": train_loss, "train_acc": train_acc,
-                   "test_acc": test_acc, "units": units, "wall_time_s": 1.0}
+                   "test_acc": test_acc, "units": units, "wall_time_s": 1.0,
+                   **({} if provenance is None else {"provenance": provenance})}
         (run / "summary.json").write_text(json.dumps(summary))
     return run
 

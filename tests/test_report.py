@@ -522,3 +522,42 @@ def test_each_claim_is_one_function_with_its_checks_and_rule(full, tmp_path):
             assert evidence and all(isinstance(e, str) and e for e in evidence), (claim.paper, claim.number)
             assert isinstance(rule, str) and rule.strip(), (claim.paper, claim.number)
             assert claim.text and claim.models and claim.check.__doc__
+
+
+def test_provenance_is_tabled_mixed_versions_are_flagged_and_the_last_lines_say_what_was_found(tmp_path, capsys):
+    def prov(torch="2.14.1", device_name="Intel(R) Xeon(R) Processor", commit="a" * 40):
+        return {"dmlight": "0.1.0", "git_commit": commit, "git_dirty": False, "torch": torch, "lightning": "2.6.6",
+                "python": "3.11.7", "device": "cpu", "device_name": device_name, "torch_threads": 2}
+
+    # ReLU: 3 runs on torch 2.14.1 and 1 on 2.13.0; Abs: 2 runs on one GPU and 1 on another; old summaries have none.
+    for seed, torch_version in zip((1, 4, 6, 9), ("2.14.1", "2.14.1", "2.13.0", "2.14.1")):
+        make_run(tmp_path, "learn_distance_metrics", "ReLU", seed, test_acc=0.96, provenance=prov(torch_version))
+    for seed, gpu in zip((2, 3, 5), ("NVIDIA H100", "NVIDIA H100", "NVIDIA H200")):
+        make_run(tmp_path, "learn_distance_metrics", "Abs", seed, test_acc=0.95, provenance=prov(device_name=gpu))
+    make_run(tmp_path, "learn_distance_metrics", "ReLU2", 0, test_acc=0.5)
+    out = build_report([tmp_path])
+    log = capsys.readouterr().out.splitlines()
+
+    table = pd.read_csv(out / "tables" / "provenance.csv", keep_default_na=False, dtype=str)
+    got = sorted(zip(table.torch, table.device_name, table.runs))
+    assert got == sorted([("2.14.1", "Intel(R) Xeon(R) Processor", "3"), ("2.13.0", "Intel(R) Xeon(R) Processor", "1"),
+                          ("2.14.1", "NVIDIA H100", "2"), ("2.14.1", "NVIDIA H200", "1"), ("", "", "1")])
+    assert set(table.git_commit) == {"a" * 40, ""}
+    warned = [line for line in log if "mixes versions or devices" in line]
+    assert len(warned) == 2
+    assert any("ReLU [learn_distance_metrics]" in w and "torch 2.13.0 x1; torch 2.14.1 x3" in w for w in warned)
+    assert any("Abs [learn_distance_metrics]" in w and "device_name NVIDIA H100 x2; device_name NVIDIA H200 x1" in w
+               for w in warned)
+    md = (out / "report.md").read_text()
+    assert "## Provenance" in md and "NVIDIA H200" in md and "mixes versions or devices" in md
+
+    # The last lines: what was found (each claim that ran, one line each), then where.
+    card = pd.read_csv(out / "scorecard.csv")
+    ran = card[~card.status.str.startswith("not run")]
+    assert len(ran) >= 1  # LEARN claim 1 (ReLU vs Abs) runs on these models
+    claim_lines = [i for i, line in enumerate(log) if re.match(r"\[report\]   (USE|LEARN) \d+ ", line)]
+    assert [log[i].split(" Found: ")[0] for i in claim_lines] == \
+        [f"[report]   {r.paper} {r.claim_id} {r.status}: {r.claim}" for r in ran.itertuples()]
+    assert all(str(r.evidence)[:100] in log[i] for i, r in zip(claim_lines, ran.itertuples()))
+    assert log[-1] == f"[report] report: {out / 'report.md'}" or "figure" in log[-1]
+    assert max(claim_lines) < next(i for i, line in enumerate(log) if line.startswith("[report] report: "))

@@ -47,14 +47,15 @@ from dmlight.report.groups import EXPERIMENT_ORDER, MODEL_ORDER, SPLIT, USE_KIND
 from dmlight.report.load import Runs, find_run_dirs, load_runs
 from dmlight.report.markdown import md_table, write_markdown
 from dmlight.report.tables import (DEFAULT_PAIRS, baseline_table, divergence_table, diverged_runs_table, learn_table,
-                                   pairs_table, perturbation_curves, runs_table, units_table, use_point_table)
+                                   pairs_table, perturbation_curves, provenance_table, runs_table, units_table,
+                                   use_point_table)
 from dmlight.report.thresholds import THRESHOLDS, Thresholds
 from dmlight.report.wandb_run import log_to_wandb, wandb_payload
 
 __all__ = ["build_report", "all_tables", "load_runs", "find_run_dirs", "Runs", "scorecard", "CLAIMS", "Claim",
            "Result", "THRESHOLDS", "Thresholds", "REPLICATED", "NOT_REPLICATED", "NOT_RUN", "NOT_RUN_DIVERGED",
            "STATUSES", "runs_table", "baseline_table", "use_point_table", "perturbation_curves", "learn_table",
-           "pairs_table", "units_table", "divergence_table", "diverged_runs_table", "DEFAULT_PAIRS", "diverged_text",
+           "pairs_table", "units_table", "provenance_table", "divergence_table", "diverged_runs_table", "DEFAULT_PAIRS", "diverged_text",
            "plot_perturbation", "plot_learning_curves", "plot_test_accuracy", "md_table", "write_markdown",
            "wandb_payload", "log_to_wandb", "wandb_mode", "main", "EXPERIMENT_ORDER", "MODEL_ORDER", "SPLIT",
            "USE_KINDS"]

@@ -10,7 +10,8 @@ from dmlight.report.groups import USE_KINDS, experiment_key, warnings
 from dmlight.report.load import Runs, load_runs, log
 from dmlight.report.markdown import integer, status_counts, write_markdown
 from dmlight.report.tables import (DEFAULT_PAIRS, baseline_table, divergence_table, diverged_runs_table, learn_table,
-                                   pairs_table, perturbation_curves, runs_table, units_table, use_point_table)
+                                   pairs_table, perturbation_curves, provenance_table, runs_table, units_table,
+                                   use_point_table)
 from dmlight.report.thresholds import THRESHOLDS, Thresholds
 from dmlight.report.wandb_run import log_to_wandb, wandb_payload
 
@@ -21,7 +22,8 @@ def all_tables(data: Runs, pairs=(), th: Thresholds = THRESHOLDS) -> dict:
             "diverged_runs": diverged_runs_table(data), "baseline": baseline_table(data),
             **{f"use_{k}": use_point_table(data, k, th) for k in USE_KINDS},
             "perturbation_curves": perturbation_curves(data), "learn_accuracy": learn_table(data),
-            "learn_pairs": pairs_table(data, list(DEFAULT_PAIRS) + list(pairs or [])), "units": units_table(data)}
+            "learn_pairs": pairs_table(data, list(DEFAULT_PAIRS) + list(pairs or [])), "units": units_table(data),
+            "provenance": provenance_table(data)}
 
 
 def _log_runs(data: Runs, dirs) -> None:
@@ -64,6 +66,10 @@ def build_report(dirs, out=None, wandb: bool = False, pairs=None, thresholds: Th
 
     md = write_markdown(out, dirs, data, tables, card, figures, thresholds)
     log(f"scorecard: {status_counts(card)}")
+    for row in card[~card.status.str.startswith("not run")].itertuples():  # what was found, one line a claim
+        evidence = str(row.evidence)
+        log(f"  {row.paper} {row.claim_id} {row.status}: {row.claim} Found: "
+            f"{evidence if len(evidence) <= 160 else evidence[:157] + '...'}")
     if wandb:
         group = "+".join(sorted(data.runs.experiment.unique(), key=experiment_key)) or "report"
         log_to_wandb(wandb_payload(tables, figures, card), out, group,

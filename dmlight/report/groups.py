@@ -151,9 +151,27 @@ def _mixed_variants(data: Runs) -> list[str]:
     return out
 
 
+# Provenance fields whose difference can move a mean (the commit included: the code itself may differ).
+MIXED_PROVENANCE = ("dmlight", "git_commit", "torch", "lightning", "python", "device_name")
+
+
+def _mixed_provenance(data: Runs) -> list[str]:
+    out = []
+    for (exp, model), g in data.runs.groupby(["experiment", "model"]):
+        known = g[[c for c in MIXED_PROVENANCE if c in g]].fillna("").astype(str)
+        mixed = [c for c in known if known[c].nunique() > 1]
+        if mixed:
+            parts = ["; ".join(f"{c} {v or '?'} x{n}" for v, n in known[c].value_counts().sort_index().items())
+                     for c in mixed]
+            out.append(f"{model} [{exp}] mixes versions or devices ({' | '.join(parts)}): its mean pools runs "
+                       "that different software or hardware produced (tables/provenance.csv)")
+    return out
+
+
 def warnings(data: Runs) -> list[str]:
-    """Things a reader must know before trusting a mean: mixed settings or variants in a group, repeated seeds."""
-    out = _mixed_variants(data)
+    """Things a reader must know before trusting a mean: mixed settings, variants, versions or devices in a group,
+    repeated seeds."""
+    out = _mixed_variants(data) + _mixed_provenance(data)
     for (exp, model), g in data.runs.groupby(["experiment", "model"]):
         settings = g[["data", "preprocess", "epochs"]].astype(str).drop_duplicates()
         if len(settings) > 1:

@@ -25,8 +25,12 @@ def pct(x):
     return x * 100.0
 
 
+# What produced a run's numbers (summary.json's provenance block; dmlight/provenance.py); "" when a summary predates it.
+PROVENANCE_COLUMNS = ["dmlight", "git_commit", "git_dirty", "torch", "lightning", "python", "device", "device_name",
+                      "torch_threads"]
 RUN_COLUMNS = ["run", "path", "experiment", "model", "seed", "data", "preprocess", "epochs", "arch", "activation",
-               "head_bias", "hidden", "lr", "variant", "site", "train_loss", "train_acc", "test_acc", "wall_time_s"]
+               "head_bias", "hidden", "lr", "variant", "site", "train_loss", "train_acc", "test_acc", "wall_time_s",
+               *PROVENANCE_COLUMNS]
 INCOMPLETE_COLUMNS = ["path", "reason", "experiment", "seed", "arch", "activation", "epochs_logged",
                       "last_train_acc_pct"]
 DIVERGED_COLUMNS = ["path", "experiment", "model", "seed", "diverged_epoch", "diverged_loss", "variant", "lr", "hidden",
@@ -208,7 +212,9 @@ def load_runs(dirs, skip=()) -> Runs:
         key = {"run": run, "experiment": str(s.get("experiment", "?")), "model": model}
         run_rows.append({**key, "path": str(path), **_identity(s),
                          **{k: float(s[k]) if s.get(k) is not None else math.nan
-                            for k in ("train_loss", "train_acc", "test_acc", "wall_time_s")}})
+                            for k in ("train_loss", "train_acc", "test_acc", "wall_time_s")},
+                         **{k: "" if (s.get("provenance") or {}).get(k) is None else str(s["provenance"][k])
+                            for k in PROVENANCE_COLUMNS}})
         if rundir.metrics_path(path).exists():
             metrics.append(read_metrics(path).assign(**key))
         if rundir.perturbation_path(path).exists():

@@ -222,6 +222,10 @@ def write_markdown(out: Path, dirs, data: Runs, tables: dict, card: pd.DataFrame
     lines += ["## Incomplete runs", "", f"Run folders without a complete summary.json: {len(data.incomplete)}. "
               "They are counted in no table. `tables/incomplete_runs.csv`.", "",
               md_table(shown.fillna("").astype(str)), ""]
+    lines += ["## Provenance", "", "What produced the complete runs (each summary.json's provenance block): one row "
+              "per dmlight version, commit, library versions and device, with its run count. A model whose runs "
+              "mix them is warned about at the top. `tables/provenance.csv`.", "",
+              md_table(tables["provenance"].fillna("").astype(str)), ""]
     lines += ["## Notes: scorecard thresholds", "", md_table(thresholds_table(th)), ""]
     path = out / "report.md"
     path.write_text("\n".join(lines))

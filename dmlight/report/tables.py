@@ -10,7 +10,7 @@ import pandas as pd
 from dmlight import published as pub
 from dmlight.report.groups import (SPLIT, diverged_rows, diverged_text, group_key, groups, home_experiment, nearest,
                                    pick, published_baseline)
-from dmlight.report.load import Runs, log, pct
+from dmlight.report.load import PROVENANCE_COLUMNS, Runs, log, pct
 from dmlight.report.thresholds import THRESHOLDS, Thresholds
 from dmlight.stats import cohens_d, independent_ttest, independent_ttest_from_stats, mean_ci, mean_std, paired_ttest
 
@@ -57,6 +57,17 @@ def runs_table(data: Runs) -> pd.DataFrame:
     for c in ("train_acc", "test_acc"):
         df[c + "_pct"] = pct(df.pop(c))
     return df.sort_values(["experiment", "model", "seed"], key=lambda s: s.map(str)).reset_index(drop=True)
+
+
+def provenance_table(data: Runs) -> pd.DataFrame:
+    """What produced the complete runs: one row per distinct (dmlight, commit, versions, device), with its run count."""
+    cols = [c for c in PROVENANCE_COLUMNS if c != "device"]
+    if data.runs.empty:
+        return pd.DataFrame(columns=[*cols, "runs", "experiments"])
+    g = data.runs.fillna("").astype({c: str for c in cols}).groupby(cols, sort=True)
+    return pd.DataFrame([{**dict(zip(cols, key)), "runs": len(rows),
+                          "experiments": ", ".join(sorted(rows.experiment.astype(str).unique()))}
+                         for key, rows in g]).reset_index(drop=True)
 
 
 def baseline_table(data: Runs) -> pd.DataFrame:
