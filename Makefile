@@ -5,7 +5,7 @@ FASHION  := /usr/share/datasets/fashion-mnist
 SEEDS    ?= range(20)
 QUICK    ?= outputs/quick
 
-.PHONY: install demo test bench report reproduce reproduce-use reproduce-learn reproduce-bias \
+.PHONY: install demo test test-fast bench report reproduce reproduce-use reproduce-learn reproduce-bias \
         reproduce-offset-l2 reproduce-quick gpu-check gpu-wheels clean
 
 install: $(VENV_OK)
@@ -28,6 +28,10 @@ demo: install
 
 test: install
 	$(PY) -m pytest -q --timeout=900 tests
+
+# The suite without real trainings (tests marked slow): config, report, layers, errors, CLI.
+test-fast: install
+	$(PY) -m pytest -q --timeout=300 -m "not slow" tests
 
 # Speed and memory as ratios against plain PyTorch baselines measured in the same process.
 bench: install

@@ -7,6 +7,8 @@ import pytest
 
 from tests.conftest import REPO
 
+pytestmark = pytest.mark.slow  # real trainings: `make test-fast` leaves them out
+
 
 def bench(script, *args, tmp_path):
     out = tmp_path / "sub" / "result.json"  # the folder does not exist yet: the script makes it

@@ -67,6 +67,7 @@ def test_progress_rates_durations_and_seed_lists_read_well():
     assert seed_range([0, 1, 2, 5, 8, 9, 10, 12]) == "0-2,5,8-10,12" and seed_range([4]) == "4"
 
 
+@pytest.mark.slow
 def test_every_summary_says_what_produced_it(tmp_path):
     import pytorch_lightning as pl
     import torch

@@ -8,6 +8,8 @@ import time
 from omegaconf import OmegaConf
 from hydra.types import RunMode
 
+import pytest
+
 from dmlight import devices
 from dmlight.train import job_device
 from tests.conftest import REPO, run_module, train_cfg
@@ -86,6 +88,7 @@ def test_parallel_cpu_jobs_split_the_cores(monkeypatch):
         assert cfg.trainer.accelerator == "auto"
 
 
+@pytest.mark.slow
 def test_gpus_launcher_runs_parallel_cpu_jobs_here(tmp_path):
     res = run_module("dmlight.train", "-m", "hydra/launcher=gpus", "data=synthetic", "activation=relu,tanh",
                      "trainer.max_epochs=20", f"paths.output_dir={tmp_path}")
@@ -96,6 +99,7 @@ def test_gpus_launcher_runs_parallel_cpu_jobs_here(tmp_path):
                for s in summaries)
 
 
+@pytest.mark.slow
 def test_submitit_local_launcher_runs_the_same_sweep(tmp_path):
     res = run_module("dmlight.train", "-m", "hydra/launcher=local", "data=synthetic", "seed=0,1",
                      "trainer.max_epochs=10", f"paths.output_dir={tmp_path}")

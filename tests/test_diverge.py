@@ -9,6 +9,8 @@ from dmlight.rundir import read_metrics
 from dmlight.train import member_dir, train
 from tests.conftest import run_module, train_cfg
 
+pytestmark = pytest.mark.slow  # real trainings: `make test-fast` leaves them out
+
 # LEARN's ReLU on raw digits at lr 1000: seed 3 overflows at epoch 5, seeds 4 and 8 train on
 # (found with a plain full-batch loop; a plausible bug that couples members changes 4's and 8's numbers).
 DIVERGING = ["experiment=learn_distance_metrics", "optimizer.lr=1000", "trainer.max_epochs=30", "run.log_every=10",

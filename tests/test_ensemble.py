@@ -44,6 +44,7 @@ def test_members_start_from_their_solo_initial_weights():
     assert torch.equal(ens(x)[1], build_network(cfg, seed=7)(x))
 
 
+@pytest.mark.slow
 def test_three_member_ensemble_equals_three_solo_runs(ensemble_and_solos):
     out, ens, solos = ensemble_and_solos
     assert [s["seed"] for s in ens] == [0, 1, 2]
@@ -62,6 +63,7 @@ PAPER_MODELS = [("mlp", False), ("mlp", True), ("mlp2", False), ("mlp2", True), 
                 ("mlp2_neg", True), ("offset_l2", False), ("offset_l2_neg", False)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch,head_bias", PAPER_MODELS)
 def test_every_model_trains_bit_identically_as_an_ensemble_member(arch, head_bias):
     """Three SGD steps, in one group and in groups of one, for every activation and site:
@@ -126,6 +128,7 @@ def test_a_bad_member_group_is_a_config_error_naming_it(bad):
                        lambda params: torch.optim.SGD(params, lr=0.1), member_group=bad)
 
 
+@pytest.mark.slow
 def test_member_directories_look_like_solo_runs(ensemble_and_solos):
     out, ens, solos = ensemble_and_solos
     for seed, (e, s) in enumerate(zip(ens, solos)):
@@ -142,6 +145,7 @@ def test_member_directories_look_like_solo_runs(ensemble_and_solos):
             assert (run.model(x_test).argmax(1) == y_test).float().mean().item() == pytest.approx(e["test_acc"])
 
 
+@pytest.mark.slow
 def test_a_solo_rerun_of_a_member_is_skipped_as_complete(ensemble_and_solos, capsys):
     out, ens, _ = ensemble_and_solos
     cfg = train_cfg(*COMMON, "seed=1", f"paths.output_dir={out}/ens")
@@ -155,6 +159,7 @@ class Crash(pl.Callback):
             raise RuntimeError("simulated crash")
 
 
+@pytest.mark.slow
 def test_a_crashed_ensemble_resumes_to_the_same_numbers(ensemble_and_solos, tmp_path, monkeypatch):
     _, ens, _ = ensemble_and_solos
     cfg = train_cfg(*COMMON, "seeds=[0,1,2]", f"paths.output_dir={tmp_path}")
@@ -208,6 +213,7 @@ def test_per_epoch_member_accuracies_equal_torchmetrics_per_member():
     assert 0.0 < got.min() and got.max() < 0.5  # random logits: near 10%, not a degenerate 0 or 1
 
 
+@pytest.mark.slow
 def test_a_mini_batch_ensemble_equals_its_solo_runs(tmp_path):
     """Mini-batch order does not depend on the seed (data.shuffle_seed), so ensemble members
     see their solo runs' batches and train to the same bytes."""

@@ -1,3 +1,4 @@
+import pytest
 """bench/gpu_check.py on a machine without a GPU: it says so and exits 0; its checks' logic runs
 on the CPU (`--device cpu --quick`) without mlxtend or wandb; the Makefile targets exist."""
 import json
@@ -35,6 +36,7 @@ def test_without_cuda_it_says_so_writes_cuda_false_and_exits_0(tmp_path):
     assert result["cuda"] is False and result["checks"] == {} and result["passed"] is True
 
 
+@pytest.mark.slow
 def test_every_check_runs_on_the_cpu_without_mlxtend_or_wandb(tmp_path):
     (tmp_path / "site").mkdir()
     (tmp_path / "site" / "sitecustomize.py").write_text(BLOCKER)  # also in the launcher's subprocess

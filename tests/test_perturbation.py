@@ -221,6 +221,7 @@ def test_callback_writes_every_point_and_the_unit_ranges(use_run, learn_run, dig
     assert {r["kind"] for r in learn} == {"baseline", "clamp_min", "clamp_max"} and len(learn) == 1 + 2 * 101
 
 
+@pytest.mark.slow
 def test_relu_offset_costs_more_than_any_scale_from_10_to_1000_percent(use_run):
     """USE's claim 4 on a trained ReLU: distance (offset) matters, intensity (scale) does not."""
     run_dir, _ = use_run
@@ -288,6 +289,7 @@ def test_perturb_refuses_what_does_not_fit_with_a_clear_message(use_run, learn_r
     assert (incomplete / "perturbation.csv").read_text() == (use_dir / "perturbation.csv").read_text()
 
 
+@pytest.mark.slow
 def test_training_refuses_a_sweep_that_cannot_fit_before_it_trains(tmp_path):
     cfg = train_cfg("experiment=learn_distance_metrics", "perturbation=use", "data=synthetic",
                     "trainer.max_epochs=2")

@@ -23,6 +23,8 @@ from dmlight.rundir import read_metrics
 from dmlight.train import member_dir, train
 from tests.conftest import REPO, train_cfg
 
+pytestmark = pytest.mark.slow  # real trainings: `make test-fast` leaves them out
+
 EPOCHS = 300
 COMMON = ["experiment=use_distance_metrics", "perturbation=none", f"trainer.max_epochs={EPOCHS}", "seed=7",
           "trainer.accelerator=cpu", "run.checkpoint_every=50", "run.log_every=25", "run.progress_every=0",

@@ -1,6 +1,8 @@
 """Where runs live (dmlight/rundir.py): sweeps over any key, ensembles in moved directories."""
 import json
 
+import pytest
+
 from dmlight import rundir
 from tests.conftest import run_module, train_cfg
 
@@ -33,6 +35,7 @@ def test_default_config_paths_keep_their_names():
     assert train_cfg("variant=my_try", "optimizer.lr=0.1").run_subdir == "mnist5k-raw/ReLU/my_try/seed0"
 
 
+@pytest.mark.slow
 def test_a_sweep_over_lr_gives_every_point_its_own_directory_and_a_rerun_skips_them(tmp_path):
     args = ["-m", *COMMON, "optimizer.lr=0.0018,0.0022", "seed=2,5", f"paths.output_dir={tmp_path}"]
     res = run_module("dmlight.train", *args)
@@ -48,6 +51,7 @@ def test_a_sweep_over_lr_gives_every_point_its_own_directory_and_a_rerun_skips_t
     assert again.stdout.count("complete, skipping") == 4
 
 
+@pytest.mark.slow
 def test_an_ensemble_puts_its_members_where_their_solo_runs_go(tmp_path):
     """For hydra.sweep.dir and paths.output_dir a member lands where its solo run would; with
     hydra.run.dir=D (a directory of the user's naming) members go to D/seed<s>."""

@@ -16,6 +16,7 @@ ARGS = ["experiment=use_distance_metrics", "perturbation=none", "trainer.max_epo
         "trainer.accelerator=cpu", "run.checkpoint_every=50", "run.log_every=25", "run.progress_every=0"]
 
 
+@pytest.mark.slow
 def test_sigkill_after_a_checkpoint_then_rerun_equals_an_uninterrupted_run(tmp_path):
     run_dir = tmp_path / "killed"
     cmd = [sys.executable, "-m", "dmlight.train", *ARGS, f"hydra.run.dir={run_dir}"]
@@ -64,6 +65,7 @@ def test_a_killed_lock_holder_leaves_no_stale_lock(tmp_path):
         pass
 
 
+@pytest.mark.slow
 def test_a_resumed_mini_batch_run_sees_the_batches_an_uninterrupted_one_does(tmp_path, monkeypatch):
     """Each epoch's batch order comes from (data.shuffle_seed, epoch): a crash and a rerun
     change nothing, down to the last digit of metrics.csv."""

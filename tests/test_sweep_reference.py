@@ -27,6 +27,8 @@ from dmlight.runs import load_run
 from dmlight.train import train
 from tests.conftest import train_cfg
 
+pytestmark = pytest.mark.slow  # real trainings: `make test-fast` leaves them out
+
 MAGNITUDES = [-0.05, 0.03, 0.1, 0.5]
 KINDS = ("scale", "clip", "offset")
 ACTIVATION = {"relu": torch.relu, "abs": torch.abs}

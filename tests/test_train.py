@@ -13,6 +13,7 @@ SUMMARY_KEYS = {"model_name", "arch", "activation", "head_bias", "seed", "data",
                 "train_loss", "train_acc", "test_acc", "status"}
 
 
+@pytest.mark.slow
 def test_relu_trains_on_real_digits(relu_run):
     run_dir, summary = relu_run
     assert SUMMARY_KEYS <= set(summary)
@@ -29,6 +30,7 @@ def test_relu_trains_on_real_digits(relu_run):
     assert (run_dir / "checkpoints" / "last.ckpt").exists() and (run_dir / "config.yaml").exists()
 
 
+@pytest.mark.slow
 def test_same_seed_gives_identical_metrics_and_another_seed_does_not(relu_run, tmp_path):
     run_dir, summary = relu_run
     cfg = train_cfg("experiment=use_distance_metrics", "perturbation=none", "trainer.max_epochs=300",
@@ -42,6 +44,7 @@ def test_same_seed_gives_identical_metrics_and_another_seed_does_not(relu_run, t
     assert other["train_loss"] != summary["train_loss"]
 
 
+@pytest.mark.slow
 def test_load_run_gives_the_trained_model_and_its_data(relu_run):
     run_dir, summary = relu_run
     run = dmlight.load_run(run_dir)
@@ -57,6 +60,7 @@ def test_load_run_gives_the_trained_model_and_its_data(relu_run):
     assert run.summary == summary
 
 
+@pytest.mark.slow
 def test_rerunning_a_complete_run_skips_it(relu_run, capsys):
     run_dir, summary = relu_run
     cfg = train_cfg("experiment=use_distance_metrics", "perturbation=none", "trainer.max_epochs=300",
@@ -67,6 +71,7 @@ def test_rerunning_a_complete_run_skips_it(relu_run, capsys):
     assert (run_dir / "summary.json").stat().st_mtime_ns == mtime
 
 
+@pytest.mark.slow
 def test_a_run_dir_of_another_config_is_refused(relu_run):
     run_dir, _ = relu_run
     cfg = train_cfg("experiment=use_distance_metrics", "perturbation=none", "trainer.max_epochs=300",
@@ -93,6 +98,7 @@ def test_cli_missing_mnist_is_a_short_error(tmp_path):
     assert res.stderr.count("\n") < 15
 
 
+@pytest.mark.slow
 def test_multirun_sweep_makes_one_complete_run_dir_per_point(tmp_path):
     res = run_module("dmlight.train", "-m", "data=synthetic", "arch=mlp,mlp2_neg", "activation=relu,abs",
                      "trainer.max_epochs=20", "trainer.accelerator=cpu", "experiment_name=sweep",
@@ -106,6 +112,7 @@ def test_multirun_sweep_makes_one_complete_run_dir_per_point(tmp_path):
             assert len(list(csv.DictReader(f))) == 20
 
 
+@pytest.mark.slow
 def test_wandb_offline_logs_without_an_account(tmp_path):
     res = run_module("dmlight.train", "data=synthetic", "logger=wandb", "trainer.max_epochs=10",
                      f"hydra.run.dir={tmp_path}/run", env={"WANDB_MODE": "offline"})
@@ -115,6 +122,7 @@ def test_wandb_offline_logs_without_an_account(tmp_path):
     assert len(offline) == 1 and (tmp_path / "run" / "summary.json").exists()
 
 
+@pytest.mark.slow
 def test_mini_batches_and_thinned_test_evaluation(tmp_path):
     cfg = train_cfg("data=mnist5k", "data.batch_size=500", "eval_every=4", "trainer.max_epochs=10",
                     "optimizer.lr=0.0005", "logger=csv")
@@ -127,6 +135,7 @@ def test_mini_batches_and_thinned_test_evaluation(tmp_path):
     assert lightning_csv.exists() and "train/loss" in lightning_csv.read_text().splitlines()[0]
 
 
+@pytest.mark.slow
 def test_a_failed_sweep_point_does_not_stop_the_others_and_is_listed(tmp_path):
     # experiment_name is swept too: the sweep dir then differs per job, and failures must still be found.
     res = run_module("dmlight.train", "-m", "data=mnist,synthetic", "experiment_name=a,b", "data.download=false",
@@ -162,6 +171,7 @@ def test_shuffle_seed_is_part_of_a_mini_batch_runs_identity_only():
     assert identity(train_cfg("data.batch_size=100", "data.shuffle_seed=3")) != identity(mini)
 
 
+@pytest.mark.slow
 def test_callbacks_and_loggers_come_from_the_config(tmp_path):
     """conf/callbacks and conf/logger entries are built with hydra.utils.instantiate; a user adds one
     on the command line, and a ??? key dmlight cannot fill is a config error naming it."""
