@@ -6,7 +6,7 @@ SEEDS    ?= range(20)
 QUICK    ?= outputs/quick
 
 .PHONY: install demo test test-fast bench report reproduce reproduce-use reproduce-learn reproduce-bias \
-        reproduce-offset-l2 reproduce-quick gpu-check gpu-wheels clean
+        reproduce-offset-l2 reproduce-quick gpu-check gpu-wheels wandb-sync dashboard clean
 
 install: $(VENV_OK)
 
@@ -42,6 +42,17 @@ bench: install
 
 report: install
 	$(PY) -m dmlight.report $(or $(RUNS),outputs)
+
+# ---- W&B. Upload every offline run under RUNS (default outputs): each seed's run, the report runs
+# (no `install` first: runs exist only where dmlight is installed).
+# Pass wandb sync's flags with SYNC_ARGS, e.g. SYNC_ARGS='--entity my-team' or SYNC_ARGS=--dry-run.
+wandb-sync:
+	@find $(or $(RUNS),outputs) -type d -name 'offline-run-*' -path '*/wandb/*' -print0 | sort -z \
+	    | xargs -0 -r $(PY) -m wandb sync $(SYNC_ARGS)
+
+# The dashboard (dmlight/dashboard.py) for PROJECT (and ENTITY): saved with an account, else its spec as JSON.
+dashboard: install
+	$(PY) -m dmlight.dashboard --project $(or $(PROJECT),dmlight) $(if $(ENTITY),--entity $(ENTITY)) $(ARGS)
 
 # ---- Full reproduction: the papers' settings exactly (full MNIST, 20 seeds, 5,000 / 50,000
 # epochs). Each job trains 20 seeds as one ensemble; hydra/launcher=gpus runs one job per GPU.

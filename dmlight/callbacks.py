@@ -11,6 +11,7 @@ import pytorch_lightning as pl
 import torch
 
 from dmlight.errors import NonFiniteLoss
+from dmlight.loggers import member_loggers
 from dmlight.progress import format_rate, format_seconds
 from dmlight.rundir import METRICS_COLUMNS, last_checkpoint_path
 
@@ -80,22 +81,26 @@ class RunRecorder(pl.Callback):
     def _log(self, trainer: pl.Trainer, block: torch.Tensor, diverged: dict[int, int]) -> None:
         if not trainer.loggers:
             return
-        solo = len(self.run_dirs) == 1
+        # Each member logs to its own loggers (one W&B run per seed, as its solo run would); a logger no
+        # member owns (a save_dir of its own) gets every member's series, prefixed by its seed folder.
+        own, shared = member_loggers(trainer.loggers, self.run_dirs)
         members = self.alive()
         for i in range(block.shape[1]):
             epoch = self.flushed + i + 1
-            metrics = {}
+            prefixed = {}
             for member in members:
                 if epoch > diverged.get(member, epoch):
                     continue
                 loss, acc, test = block[member, i].tolist()
-                prefix = "" if solo else f"{self.run_dirs[member].name}/"  # ensembles: one series per member seed
-                metrics.update({f"{prefix}train/loss": loss, f"{prefix}train/acc": acc})
+                metrics = {"train/loss": loss, "train/acc": acc}
                 if not math.isnan(test):
-                    metrics[f"{prefix}test/acc"] = test
-            if metrics:
-                for logger in trainer.loggers:
+                    metrics["test/acc"] = test
+                for logger in own[member]:
                     logger.log_metrics(metrics, step=epoch)
+                if shared:
+                    prefixed.update({f"{self.run_dirs[member].name}/{k}": v for k, v in metrics.items()})
+            for logger in shared if prefixed else ():
+                logger.log_metrics(prefixed, step=epoch)
 
     def _save_checkpoint(self, trainer: pl.Trainer) -> None:
         # dmlight.checkpoints.MemberCheckpoints writes each live member's own last.ckpt.

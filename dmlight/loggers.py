@@ -59,17 +59,46 @@ def instantiate_group(specs, what: str, **runtime) -> list:
     return built
 
 
-def make_loggers(cfg: DictConfig, run_dir: Path, name: str) -> list:
-    """The Lightning loggers `cfg.logger` lists (conf/logger/), for the run in `run_dir`, with
-    the run's config logged as hyperparameters."""
+def make_loggers(cfg: DictConfig, run_dir: Path, name: str, hint: bool = True) -> list:
+    """The Lightning loggers `cfg.logger` lists (conf/logger/), for the run in `run_dir`, with the run's
+    config and its paper model name (`model_name`, what the dashboard groups by) logged as hyperparameters.
+    `hint` prints how to sync an offline W&B run later."""
+    from dmlight.config import model_name
+
     loggers = instantiate_group(cfg.get("logger"), "logger", save_dir=str(run_dir), name=name)
     for logger in loggers:
-        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+        logger.log_hyperparams({**OmegaConf.to_container(cfg, resolve=True), "model_name": model_name(cfg)})
+    if hint:
+        offline_hint(cfg, [run_dir], name)
+    return loggers
+
+
+def offline_hint(cfg: DictConfig, run_dirs: list[Path], name: str) -> None:
+    """Say how to sync the W&B runs of `run_dirs` when they are logged offline (once for an ensemble)."""
     for key, spec in (cfg.get("logger") or {}).items():
         if isinstance(spec, DictConfig) and spec.get("mode") == "offline":
-            print(f"[{name}] {key} offline (no account or network): sync later with "
-                  f"`wandb sync {run_dir}/wandb/offline-run-*`", flush=True)
-    return loggers
+            where = (f"`wandb sync {run_dirs[0]}/wandb/offline-run-*`" if len(run_dirs) == 1 else
+                     f"`make wandb-sync RUNS={os.path.commonpath([str(d) for d in run_dirs])}`")
+            print(f"[{name}] {key} offline (no account or network): sync later with {where}", flush=True)
+
+
+def member_loggers(loggers, run_dirs) -> tuple[list[list], list]:
+    """Each run's own loggers, and those no run owns: a logger belongs to the run whose directory it writes
+    into (its `save_dir`, which dmlight.train fills in per run); a solo run owns every logger.
+
+    Example:
+        >>> own, shared = member_loggers(trainer.loggers, ["runs/seed0", "runs/seed1"])  # doctest: +SKIP
+    """
+    loggers = list(loggers)
+    if len(run_dirs) == 1:
+        return [loggers], []
+    dirs = [Path(d).resolve() for d in run_dirs]
+    own, shared = [[] for _ in dirs], []
+    for logger in loggers:
+        save_dir = getattr(logger, "save_dir", None)
+        where = Path(save_dir).resolve() if save_dir else None
+        (own[dirs.index(where)] if where in dirs else shared).append(logger)
+    return own, shared
 
 
 def finish_loggers(loggers) -> None:

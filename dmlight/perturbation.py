@@ -48,6 +48,8 @@ from torch import nn
 
 from dmlight.errors import UserError
 from dmlight.layers import Abs
+from dmlight.loggers import member_loggers
+from dmlight.wandb_log import log_sweep
 
 KINDS = {"scale": "pre_activation", "clip": "pre_activation", "offset": "pre_activation",
          "clamp_min": "post_activation", "clamp_max": "post_activation"}
@@ -559,8 +561,9 @@ def read_results(run_dir: str | Path) -> list[dict]:
 class PerturbationSweep(pl.Callback):
     """Runs the configured perturbation sweep when training ends, on every member network
     (one for a solo run, one per seed for an ensemble), writing perturbation.csv and
-    unit_ranges.csv into each member's run directory and, with W&B on, a table and a line
-    plot per kind. A config that cannot run fails when training starts, not after it.
+    unit_ranges.csv into each member's run directory and, with W&B on, the sweep into the
+    member's own W&B run (dmlight.wandb_log.log_sweep). A config that cannot run fails when
+    training starts, not after it.
     """
 
     def __init__(self, run_dirs: str | Path | list, cfg):
@@ -578,8 +581,8 @@ class PerturbationSweep(pl.Callback):
             return
         data = pl_module.data
         members = pl_module.members() if hasattr(pl_module, "members") else [pl_module.net]
-        wandb_run = next((lg.experiment for lg in trainer.loggers if type(lg).__name__ == "WandbLogger"), None)
-        for net, run_dir in zip(members, self.run_dirs):
+        own, _ = member_loggers(trainer.loggers, self.run_dirs)  # each member's own W&B run
+        for net, run_dir, loggers in zip(members, self.run_dirs, own):
             net.to(data.x_train.device)  # Lightning's teardown moved the module to the CPU
             try:
                 rows, ranges = run_sweep(net, data, self.cfg, label=run_dir.name if len(members) > 1 else "")
@@ -587,24 +590,4 @@ class PerturbationSweep(pl.Callback):
                 net.perturb.reset()
             write_unit_ranges(run_dir, ranges)
             append_results(run_dir, rows)
-            if wandb_run is not None:
-                log_to_wandb(wandb_run, rows, prefix="perturbation" if len(members) == 1
-                             else f"perturbation/{run_dir.name}")
-
-
-def log_to_wandb(run, rows: list[dict], prefix: str = "perturbation") -> None:
-    """Log one table and one line plot (a line per split) per kind, and the baselines, to a W&B run."""
-    import wandb
-
-    payload = {f"{prefix}/baseline_{r['split']}": r["accuracy"] for r in rows if r["kind"] == "baseline"}
-    for kind in dict.fromkeys(r["kind"] for r in rows if r["kind"] != "baseline"):
-        kind_rows = [r for r in rows if r["kind"] == kind]
-        table = wandb.Table(columns=list(COLUMNS), data=[[r[c] for c in COLUMNS] for r in kind_rows])
-        splits = list(dict.fromkeys(r["split"] for r in kind_rows))
-        xs = [r["magnitude"] for r in kind_rows if r["split"] == splits[0]]
-        ys = [[r["accuracy"] for r in kind_rows if r["split"] == s] for s in splits]
-        # Not "<kind>_table": W&B stores a plot's own data under "<plot key>_table".
-        payload[f"{prefix}/{kind}_rows"] = table
-        payload[f"{prefix}/{kind}_curve"] = wandb.plot.line_series(
-            xs=xs, ys=ys, keys=splits, title=f"accuracy under {kind} perturbation", xname="magnitude")
-    run.log(payload)
+            log_sweep(loggers, rows)

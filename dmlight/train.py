@@ -26,7 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 from dmlight import config as _config  # noqa: F401  (registers the run directory's resolvers)
 from dmlight import devices, rundir
 from dmlight.errors import ConfigError, NonFiniteLoss, UserError
-from dmlight.loggers import finish_loggers, instantiate_group, make_loggers
+from dmlight.loggers import finish_loggers, instantiate_group, make_loggers, offline_hint
 from dmlight.progress import seed_range
 from dmlight.sweep import record_sweep_failure
 from dmlight.rundir import (RunDirBusy, RunDirConflict, RunLock, claim_run_dir, last_checkpoint, read_json,
@@ -229,8 +229,10 @@ def _fit(cfg: DictConfig, todo: list[tuple[DictConfig, Path]], name: str,
     ckpt_path = _resume_point(todo, name)
 
     label = name if len(todo) == 1 else f"{name} seeds {seed_range(c.seed for c, _ in todo)}"
-    loggers = make_loggers(cfg if len(todo) > 1 else todo[0][0], run_dirs[0],
-                           f"{name}-seed{todo[0][0].seed}" if len(todo) == 1 else label.replace(" ", "-"))
+    # One set of loggers per member, from its solo config: an ensemble member's W&B run is its solo run's
+    # twin (name, group, tags, config, keys, steps); the RunRecorder logs each member to its own.
+    loggers = [lg for c, d in todo for lg in make_loggers(c, d, f"{name}-seed{c.seed}", hint=False)]
+    offline_hint(cfg, run_dirs, label)
     summaries = {}
 
     def on_diverged(member: int, epoch: int, loss: float) -> None:

@@ -13,7 +13,7 @@ from dmlight.data import Splits, load_data
 from dmlight.models import build_model
 from dmlight.perturb import perturb
 from dmlight.perturbation import (COLUMNS, RANGE_COLUMNS, FastSweep, PerturbationError, PerturbationSweep,
-                                  UnitRanges, expand_grid, log_to_wandb, perturbation_values, read_results,
+                                  UnitRanges, expand_grid, perturbation_values, read_results,
                                   stack_values, sweep_points)
 from dmlight.train import train
 from tests.conftest import run_module, train_cfg
@@ -298,22 +298,3 @@ def test_training_refuses_a_sweep_that_cannot_fit_before_it_trains(tmp_path):
     assert not (tmp_path / "metrics.csv").exists() and not (tmp_path / "summary.json").exists()
     with pytest.raises(PerturbationError, match="unknown perturbation kind 'bend'"):
         PerturbationSweep(tmp_path, compose_config(["perturbation=use", "perturbation.kinds=[bend]"]).perturbation)
-
-
-def test_wandb_gets_a_table_and_a_line_plot_per_kind(use_run):
-    class FakeRun:
-        def __init__(self):
-            self.logged = {}
-
-        def log(self, payload):
-            self.logged.update(payload)
-
-    run = FakeRun()
-    rows = [{k: (None if k == "magnitude" and r["kind"] == "baseline" else
-                 float(v) if k in ("magnitude", "accuracy") else v) for k, v in r.items()}
-            for r in read_results(use_run[0])]
-    log_to_wandb(run, rows)
-    assert {"perturbation/baseline_train", "perturbation/baseline_test"} <= set(run.logged)
-    for kind in USE:
-        assert type(run.logged[f"perturbation/{kind}_rows"]).__name__ == "Table"
-        assert f"perturbation/{kind}_curve" in run.logged  # the line plot (train and test lines)

@@ -9,6 +9,7 @@ import pandas as pd
 
 from dmlight.loggers import wandb_mode
 from dmlight.report.load import log
+from dmlight.wandb_log import table_key
 
 
 def wandb_payload(tables: dict, figures: list[Path], card: pd.DataFrame) -> dict:
@@ -29,11 +30,11 @@ def log_to_wandb(payload: dict, out: Path, group: str, config: dict) -> None:
     import wandb
     mode = wandb_mode()
     run = wandb.init(project=os.environ.get("WANDB_PROJECT", "dmlight"), job_type="report", group=group,
-                     dir=str(out), mode=mode, config=config)
+                     dir=str(out), mode=mode, config=config, reinit="create_new")
     logged = {}
     for name, df in payload["tables"].items():
         clean = df.astype(object).where(df.notna(), None)  # NaN is not JSON; W&B shows None as empty
-        logged[f"table/{name}"] = wandb.Table(columns=[str(c) for c in df.columns], data=clean.values.tolist())
+        logged[table_key(name)] = wandb.Table(columns=[str(c) for c in df.columns], data=clean.values.tolist())
     for name, path in payload["images"].items():
         logged[f"figure/{name}"] = wandb.Image(str(path))
     run.log(logged)

@@ -1,0 +1,243 @@
+"""What a W&B dashboard would show, read back from the offline runs with wandb's own reader of a run's
+transaction log (`wandb leet inspect --json <run>.wandb`), against the run's own files. No account, no network."""
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from dmlight.loggers import member_loggers
+from dmlight.wandb_log import SCORECARD, STEP, accuracy_key, log_sweep, magnitude_key
+from tests.conftest import REPO, run_module, train_cfg
+
+SEEDS = (0, 1, 2)
+OVERRIDES = ("experiment=use_distance_metrics", "data=synthetic", "trainer.max_epochs=6", "eval_every=2",
+             "run.log_every=2", "run.checkpoint_every=3", "logger=wandb", "logger.wandb.mode=offline")
+NOISE = ("_runtime", "_timestamp")  # wall-clock times, different in every run
+
+
+def read_run(folder: Path) -> dict:
+    """The one offline W&B run under `folder`/wandb: its run record, merged config and summary, history rows,
+    metric definitions and files folder, as `wandb leet inspect --json` prints them."""
+    logs = sorted(folder.glob("wandb/offline-run-*/run-*.wandb"))
+    assert len(logs) == 1, logs
+    out = subprocess.run([sys.executable, "-m", "wandb", "leet", "inspect", "--json", str(logs[0])],
+                         capture_output=True, text=True, timeout=120, check=True).stdout
+    records = [json.loads(line) for line in out.splitlines() if line.strip()]
+    run = next(r["run"] for r in records if r["type"] == "run")
+    config, summary = dict(run.get("config", {}).get("update", {})), {}
+    for r in records:
+        config.update(r.get("config", {}).get("update", {}))
+        summary.update(r.get("summary", {}).get("update", {}))
+    config.pop("_wandb", None)
+    history = [{k: v for k, v in r["history"]["item"].items() if k not in NOISE and "artifact_path" not in k}
+               for r in records if r["type"] == "history"]
+    metrics = {m["metric"].get("name") or m["metric"]["glob_name"]: m["metric"] for m in records if m["type"] == "metric"}
+    return {"run": run, "config": config, "summary": summary, "history": history, "metrics": metrics,
+            "files": logs[0].parent / "files"}
+
+
+def csv_rows(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Seeds 0-2 trained solo and as one ensemble (USE settings, synthetic data, 6 epochs, perturbation
+    sweep), logged to W&B offline, and the report of the solo runs logged to its own W&B run."""
+    from dmlight.report import build_report
+    from dmlight.train import train
+
+    root = tmp_path_factory.mktemp("wandb_runs")
+    for seed in SEEDS:
+        train(train_cfg(*OVERRIDES, f"seed={seed}"), root / "solo" / f"seed{seed}")
+    train(train_cfg(*OVERRIDES, f"seeds=[{','.join(map(str, SEEDS))}]"), root / "ensemble")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("WANDB_MODE", "offline")
+        report = build_report([root / "solo"], wandb=True)
+    return root, report
+
+
+@pytest.fixture(scope="module")
+def solo(runs):
+    return {s: read_run(runs[0] / "solo" / f"seed{s}") for s in SEEDS}
+
+
+@pytest.fixture(scope="module")
+def ensemble(runs):
+    return {s: read_run(runs[0] / "ensemble" / f"seed{s}") for s in SEEDS}
+
+
+def test_config_name_group_tags_and_job_type(solo):
+    for seed, w in solo.items():
+        run, cfg = w["run"], w["config"]
+        assert run["display_name"] == f"ReLU_Bias-seed{seed}"
+        assert (run["project"], run["run_group"], run["job_type"]) == ("dmlight", "use_distance_metrics", "train")
+        assert run["tags"] == ["arch=mlp", "activation=relu", f"seed={seed}", "data=synthetic", "head_bias=True"]
+        assert (cfg["arch"]["name"], cfg["activation"]["name"], cfg["seed"], cfg["data"]["name"],
+                cfg["data"]["preprocess"], cfg["trainer"]["max_epochs"]) == ("mlp", "relu", seed, "synthetic", "raw", 6)
+        assert cfg["model_name"] == "ReLU_Bias" and cfg["seeds"] is None  # what the dashboard groups by
+        assert cfg["provenance"]["dmlight"] == "0.1.0"
+
+
+def test_learning_curves_equal_metrics_csv(runs, solo):
+    for seed, w in solo.items():
+        by_step = {row[STEP]: row for row in w["history"] if STEP in row and "train/loss" in row}
+        rows = csv_rows(runs[0] / "solo" / f"seed{seed}" / "metrics.csv")
+        assert sorted(by_step) == [int(r["epoch"]) for r in rows] == [1, 2, 3, 4, 5, 6]
+        for r in rows:
+            logged = by_step[int(r["epoch"])]
+            assert logged["train/loss"] == float(r["train_loss"]) and logged["train/acc"] == float(r["train_acc"])
+            assert logged.get("test/acc") == (float(r["test_acc"]) if r["test_acc"] else None)  # eval_every=2
+        assert [int(r["epoch"]) for r in rows if r["test_acc"]] == [2, 4, 6]
+        assert w["metrics"]["*"]["step_metric"] == STEP  # the epoch is every learning curve's x axis
+
+
+def test_an_ensemble_of_3_is_3_runs_equal_to_the_solo_runs(runs, solo, ensemble):
+    assert len(list((runs[0] / "ensemble").glob("**/offline-run-*"))) == 3  # one per seed, none for the ensemble
+    for seed in SEEDS:
+        a, b = solo[seed], ensemble[seed]
+        for key in ("display_name", "project", "run_group", "job_type", "tags"):
+            assert a["run"][key] == b["run"][key], key
+        assert a["config"] == b["config"]
+        assert len(a["history"]) == len(b["history"]) > 6 and a["history"] == b["history"]
+        assert a["metrics"] == b["metrics"]
+        assert not any("seed" in k for row in b["history"] for k in row)  # no seed<s>/ prefixes
+    assert solo[0]["history"] != solo[1]["history"]
+
+
+def test_perturbation_keys_and_values_equal_perturbation_csv(runs, solo):
+    for seed, w in solo.items():
+        rows = csv_rows(runs[0] / "solo" / f"seed{seed}" / "perturbation.csv")
+        expected = {(r["kind"], float(r["magnitude"]), r["split"], float(r["accuracy"]))
+                    for r in rows if r["kind"] != "baseline"}
+        logged = set()
+        for row in w["history"]:
+            for kind in ("scale", "clip", "offset"):
+                if magnitude_key(kind) in row:
+                    logged.add((kind, row[magnitude_key(kind)], "train", row[accuracy_key(kind, "train")]))
+        assert len(expected) == 325 and logged == expected
+        for kind in ("scale", "clip", "offset"):  # the magnitude is the x axis of its kind's accuracy
+            assert w["metrics"][accuracy_key(kind, "train")]["step_metric"] == magnitude_key(kind)
+            table = json.loads((w["files"] / w["summary"][f"perturbation/{kind}_rows.path"]).read_text())
+            assert table["columns"] == ["kind", "magnitude", "split", "unit", "accuracy"]
+            assert [[str(v) for v in r] for r in table["data"]] == [
+                [r["kind"], r["magnitude"], r["split"], r["unit"], r["accuracy"]] for r in rows if r["kind"] == kind]
+        baseline = next(r for r in rows if r["kind"] == "baseline")
+        assert w["summary"]["perturbation/baseline_train"] == float(baseline["accuracy"])
+
+
+def test_the_report_runs_scorecard_table_equals_scorecard_csv(runs):
+    report = runs[1]
+    w = read_run(report)
+    assert (w["run"]["job_type"], w["run"]["run_group"]) == ("report", "use_distance_metrics")
+    table = json.loads((w["files"] / w["summary"][f"{SCORECARD}.path"]).read_text())
+    frame = pd.DataFrame(table["data"], columns=table["columns"])
+    text = (report / "scorecard.csv").read_text()
+    assert len(frame) == 10 and frame.to_csv(index=False) == text
+    statuses = {f"claim/{r['paper']}-{r['claim_id']}": r["status"] for r in csv_rows(report / "scorecard.csv")}
+    assert {k: w["summary"][k] for k in statuses} == statuses
+
+
+def test_the_dashboard_spec_offline_shows_the_runs_keys(runs, solo, tmp_path):
+    (tmp_path / "netrc").write_text("")
+    env = {"HOME": str(tmp_path), "NETRC": str(tmp_path / "netrc"), "WANDB_MODE": ""}
+    res = run_module("dmlight.dashboard", "--project", "dmlight", "--experiment", "use_distance_metrics",
+                     "--out", str(tmp_path / "dash.json"), env=env, timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "no W&B account or network" in res.stdout and "wandb login" in res.stdout
+    dash = json.loads((tmp_path / "dash.json").read_text())
+    assert (dash["project"], dash["groupby"]) == ("dmlight", ["Config('model_name')"])
+    assert "use_distance_metrics" in dash["filters"] and "report" in dash["filters"]
+    sections = dash["spec"]["section"]["panelBankConfig"]["sections"]
+    assert [s["name"] for s in sections] == ["Learning curves", "USE: accuracy under perturbation (training set)",
+                                              "LEARN: test accuracy by model", "Report"]
+    drawn = [(p["viewType"], p["config"].get("xAxis"), p["config"].get("metrics"), p["config"].get("groupArea"))
+             for s in sections for p in s["panels"]]
+    assert drawn[:7] == [
+        ("Run History Line Plot", "trainer/global_step", ["train/loss"], "minmax"),
+        ("Run History Line Plot", "trainer/global_step", ["train/acc"], "minmax"),
+        ("Run History Line Plot", "trainer/global_step", ["test/acc"], "minmax"),
+        ("Run History Line Plot", "perturbation/scale/magnitude", ["perturbation/scale/train"], "minmax"),
+        ("Run History Line Plot", "perturbation/clip/magnitude", ["perturbation/clip/train"], "minmax"),
+        ("Run History Line Plot", "perturbation/offset/magnitude", ["perturbation/offset/train"], "minmax"),
+        ("Bar Chart", None, ["test/acc"], "stddev")]
+    assert drawn[7][0] == "Weave" and f'"val": "{SCORECARD}"' in json.dumps(sections[3]["panels"][0])
+    assert dash["spec"]["section"]["runSets"][0]["grouping"] == [{"section": "config", "name": "model_name.value"}]
+    # every key a panel draws is one the runs logged
+    keys = set().union(*solo[0]["history"])
+    for _, x, ys, _ in drawn[:6]:
+        assert {x, *ys} <= keys
+    assert "test/acc" in solo[0]["summary"]
+
+
+def test_make_wandb_sync_finds_every_offline_run(runs, tmp_path):
+    res = subprocess.run(["make", "-s", "wandb-sync", f"RUNS={runs[0]}", f"PY={sys.executable}", "SYNC_ARGS=--dry-run"],
+                         cwd=REPO, capture_output=True, text=True, timeout=120, env={"PATH": "/usr/bin:/bin",
+                                                                                     "HOME": str(tmp_path)})
+    assert res.returncode == 0, res.stderr[-2000:]
+    out = res.stdout + res.stderr
+    assert "Would sync 7 run(s)" in out  # 3 solo, 3 ensemble members, the report
+    assert out.count("/ensemble/seed") == 3 and out.count("/report/wandb/") == 1
+
+
+def test_loggers_belong_to_the_run_whose_directory_they_write(tmp_path):
+    class Logger:
+        def __init__(self, save_dir):
+            self.save_dir = save_dir
+
+    a, b, elsewhere = Logger(str(tmp_path / "seed0")), Logger(tmp_path / "seed1"), Logger("/somewhere")
+    own, shared = member_loggers([a, b, elsewhere], [tmp_path / "seed0", tmp_path / "seed1"])
+    assert own == [[a], [b]] and shared == [elsewhere]
+    assert member_loggers([a, elsewhere], [tmp_path / "seed0"]) == ([[a, elsewhere]], [])  # a solo run owns all
+
+
+def test_log_sweep_gives_each_kind_its_magnitude_axis_and_a_table():
+    class Run:
+        def __init__(self):
+            self.defined, self.logged = {}, []
+
+        def define_metric(self, name, **options):
+            self.defined[name] = options
+
+        def log(self, row):
+            self.logged.append(row)
+
+    class Logger:  # a Lightning logger wrapping a run, like WandbLogger
+        def __init__(self, experiment):
+            self.experiment = experiment
+
+    rows = [{"kind": "baseline", "magnitude": None, "split": s, "unit": "all", "accuracy": a}
+            for s, a in (("train", 0.99), ("test", 0.95))]
+    rows += [{"kind": "offset", "magnitude": p, "split": s, "unit": "all", "accuracy": a}
+             for s in ("train", "test") for p, a in ((-0.1, 0.5), (0.1, 0.6))]
+    rows += [{"kind": "clamp_min", "magnitude": 0.2, "split": "train", "unit": 5, "accuracy": 0.7}]
+    run = Run()
+    log_sweep([Logger(run), Logger(object())], rows)  # the second has no W&B run: skipped
+    assert run.logged[:3] == [
+        {"perturbation/offset/magnitude": -0.1, "perturbation/offset/train": 0.5, "perturbation/offset/test": 0.5},
+        {"perturbation/offset/magnitude": 0.1, "perturbation/offset/train": 0.6, "perturbation/offset/test": 0.6},
+        {"perturbation/clamp_min_unit5/magnitude": 0.2, "perturbation/clamp_min_unit5/train": 0.7}]
+    assert run.defined["perturbation/offset/test"]["step_metric"] == "perturbation/offset/magnitude"
+    last = run.logged[3]
+    assert (last["perturbation/baseline_train"], last["perturbation/baseline_test"]) == (0.99, 0.95)
+    assert len(last["perturbation/offset_rows"].data) == 4 and len(last["perturbation/clamp_min_unit5_rows"].data) == 1
+
+
+def test_a_diverged_members_run_stops_at_its_divergence_epoch(tmp_path):
+    from dmlight.train import train
+
+    # LEARN's ReLU at lr 1000 on the digits: seed 3 overflows at epoch 5, seed 4 trains on (tests/test_diverge.py).
+    out = train(train_cfg("experiment=learn_distance_metrics", "optimizer.lr=1000", "trainer.max_epochs=12",
+                          "run.log_every=4", "logger=wandb", "logger.wandb.mode=offline", "seeds=[3,4]"), tmp_path)
+    assert [s["status"] for s in out] == ["diverged", "complete"]
+    for seed, epochs in ((3, 5), (4, 12)):
+        w = read_run(tmp_path / f"seed{seed}")
+        steps = [row[STEP] for row in w["history"] if "train/loss" in row]
+        assert steps == list(range(1, epochs + 1)) and w["run"]["display_name"] == f"ReLU-seed{seed}"
