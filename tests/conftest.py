@@ -41,7 +41,7 @@ def relu_run(tmp_path_factory):
 
 
 # Fixtures that train a model: every test using one is a real training, marked slow (make test-fast skips it).
-TRAINING_FIXTURES = {"relu_run", "use_run", "learn_run", "ensemble_and_solos", "adam_ensemble"}
+TRAINING_FIXTURES = {"relu_run", "use_run", "learn_run", "ensemble_and_solos", "adam_ensemble", "wandb_runs"}
 
 
 def pytest_collection_modifyitems(items):

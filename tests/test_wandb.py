@@ -48,7 +48,7 @@ def csv_rows(path: Path) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
+def wandb_runs(tmp_path_factory):
     """Seeds 0-2 trained solo and as one ensemble (USE settings, synthetic data, 6 epochs, perturbation
     sweep), logged to W&B offline, and the report of the solo runs logged to its own W&B run."""
     from dmlight.report import build_report
@@ -65,13 +65,13 @@ def runs(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def solo(runs):
-    return {s: read_run(runs[0] / "solo" / f"seed{s}") for s in SEEDS}
+def solo(wandb_runs):
+    return {s: read_run(wandb_runs[0] / "solo" / f"seed{s}") for s in SEEDS}
 
 
 @pytest.fixture(scope="module")
-def ensemble(runs):
-    return {s: read_run(runs[0] / "ensemble" / f"seed{s}") for s in SEEDS}
+def ensemble(wandb_runs):
+    return {s: read_run(wandb_runs[0] / "ensemble" / f"seed{s}") for s in SEEDS}
 
 
 def test_config_name_group_tags_and_job_type(solo):
@@ -86,10 +86,10 @@ def test_config_name_group_tags_and_job_type(solo):
         assert cfg["provenance"]["dmlight"] == "0.1.0"
 
 
-def test_learning_curves_equal_metrics_csv(runs, solo):
+def test_learning_curves_equal_metrics_csv(wandb_runs, solo):
     for seed, w in solo.items():
         by_step = {row[STEP]: row for row in w["history"] if STEP in row and "train/loss" in row}
-        rows = csv_rows(runs[0] / "solo" / f"seed{seed}" / "metrics.csv")
+        rows = csv_rows(wandb_runs[0] / "solo" / f"seed{seed}" / "metrics.csv")
         assert sorted(by_step) == [int(r["epoch"]) for r in rows] == [1, 2, 3, 4, 5, 6]
         for r in rows:
             logged = by_step[int(r["epoch"])]
@@ -99,8 +99,8 @@ def test_learning_curves_equal_metrics_csv(runs, solo):
         assert w["metrics"]["*"]["step_metric"] == STEP  # the epoch is every learning curve's x axis
 
 
-def test_an_ensemble_of_3_is_3_runs_equal_to_the_solo_runs(runs, solo, ensemble):
-    assert len(list((runs[0] / "ensemble").glob("**/offline-run-*"))) == 3  # one per seed, none for the ensemble
+def test_an_ensemble_of_3_is_3_runs_equal_to_the_solo_runs(wandb_runs, solo, ensemble):
+    assert len(list((wandb_runs[0] / "ensemble").glob("**/offline-run-*"))) == 3  # one per seed, none for the ensemble
     for seed in SEEDS:
         a, b = solo[seed], ensemble[seed]
         for key in ("display_name", "project", "run_group", "job_type", "tags"):
@@ -112,9 +112,9 @@ def test_an_ensemble_of_3_is_3_runs_equal_to_the_solo_runs(runs, solo, ensemble)
     assert solo[0]["history"] != solo[1]["history"]
 
 
-def test_perturbation_keys_and_values_equal_perturbation_csv(runs, solo):
+def test_perturbation_keys_and_values_equal_perturbation_csv(wandb_runs, solo):
     for seed, w in solo.items():
-        rows = csv_rows(runs[0] / "solo" / f"seed{seed}" / "perturbation.csv")
+        rows = csv_rows(wandb_runs[0] / "solo" / f"seed{seed}" / "perturbation.csv")
         expected = {(r["kind"], float(r["magnitude"]), r["split"], float(r["accuracy"]))
                     for r in rows if r["kind"] != "baseline"}
         logged = set()
@@ -133,8 +133,8 @@ def test_perturbation_keys_and_values_equal_perturbation_csv(runs, solo):
         assert w["summary"]["perturbation/baseline_train"] == float(baseline["accuracy"])
 
 
-def test_the_report_runs_scorecard_table_equals_scorecard_csv(runs):
-    report = runs[1]
+def test_the_report_runs_scorecard_table_equals_scorecard_csv(wandb_runs):
+    report = wandb_runs[1]
     w = read_run(report)
     assert (w["run"]["job_type"], w["run"]["run_group"]) == ("report", "use_distance_metrics")
     table = json.loads((w["files"] / w["summary"][f"{SCORECARD}.path"]).read_text())
@@ -145,7 +145,7 @@ def test_the_report_runs_scorecard_table_equals_scorecard_csv(runs):
     assert {k: w["summary"][k] for k in statuses} == statuses
 
 
-def test_the_dashboard_spec_offline_shows_the_runs_keys(runs, solo, tmp_path):
+def test_the_dashboard_spec_offline_shows_the_runs_keys(wandb_runs, solo, tmp_path):
     (tmp_path / "netrc").write_text("")
     env = {"HOME": str(tmp_path), "NETRC": str(tmp_path / "netrc"), "WANDB_MODE": ""}
     res = run_module("dmlight.dashboard", "--project", "dmlight", "--experiment", "use_distance_metrics",
@@ -177,8 +177,8 @@ def test_the_dashboard_spec_offline_shows_the_runs_keys(runs, solo, tmp_path):
     assert "test/acc" in solo[0]["summary"]
 
 
-def test_make_wandb_sync_finds_every_offline_run(runs, tmp_path):
-    res = subprocess.run(["make", "-s", "wandb-sync", f"RUNS={runs[0]}", f"PY={sys.executable}", "SYNC_ARGS=--dry-run"],
+def test_make_wandb_sync_finds_every_offline_run(wandb_runs, tmp_path):
+    res = subprocess.run(["make", "-s", "wandb-sync", f"RUNS={wandb_runs[0]}", f"PY={sys.executable}", "SYNC_ARGS=--dry-run"],
                          cwd=REPO, capture_output=True, text=True, timeout=120, env={"PATH": "/usr/bin:/bin",
                                                                                      "HOME": str(tmp_path)})
     assert res.returncode == 0, res.stderr[-2000:]
@@ -230,6 +230,7 @@ def test_log_sweep_gives_each_kind_its_magnitude_axis_and_a_table():
     assert len(last["perturbation/offset_rows"].data) == 4 and len(last["perturbation/clamp_min_unit5_rows"].data) == 1
 
 
+@pytest.mark.slow
 def test_a_diverged_members_run_stops_at_its_divergence_epoch(tmp_path):
     from dmlight.train import train
 
