@@ -107,13 +107,12 @@ class SplitSweep:
         """Correct predictions of tail(clamp(h * scale + offset, lower, upper)), a step skipped where None."""
         correct = 0
         for start in range(0, len(self.h), self.chunk_rows):
-            z = self.h[start: start + self.chunk_rows]
-            if scale is not None:
-                z = z * scale
-            if offset is not None:
-                z = z + offset
+            rows = self.h[start: start + self.chunk_rows]
+            z = rows if scale is None else rows * scale
+            if offset is not None:  # in place once z is a new tensor (the same values, less memory traffic)
+                z = z + offset if z is rows else z.add_(offset)
             if lower is not None or upper is not None:
-                z = torch.clamp(z, lower, upper)
+                z = torch.clamp(z, lower, upper) if z is rows else z.clamp_(lower, upper)
             correct += int((self.tail(z).argmax(1) == self.y[start: start + self.chunk_rows]).sum())
         return correct
 
