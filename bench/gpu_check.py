@@ -398,7 +398,7 @@ def check_perturbation_sweep(ctx: Context):
     import torch.nn.functional as F
 
     from dmlight.data import load_data_cfg
-    from dmlight.perturbation import run_sweep
+    from dmlight.sweep_engine import run_sweep
     from dmlight.train import build_network
 
     data = ctx.data("large")

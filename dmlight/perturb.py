@@ -23,8 +23,9 @@ from omegaconf import DictConfig, OmegaConf
 from dmlight.config import CONF_DIR
 from dmlight.data import DataError, Splits
 from dmlight.errors import UserError
-from dmlight.perturbation import PerturbationError, append_results, run_sweep, sweep_points, write_unit_ranges
+from dmlight.perturbation import PerturbationError, sweep_points
 from dmlight.runs import RunDirError, load_run
+from dmlight.sweep_engine import append_results, run_sweep, write_unit_ranges
 
 EXAMPLE = ("python -m dmlight.perturb run_dir=outputs/use_distance_metrics/mnist5k-raw/ReLU_Bias/seed0 "
            "perturbation=use")

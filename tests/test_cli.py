@@ -25,8 +25,8 @@ def imported_modules(*args: str) -> tuple[subprocess.CompletedProcess, set[str]]
 @pytest.mark.parametrize("args", [["--help"], ["--cfg", "job", "experiment=learn_distance_metrics", "arch=mlp2"],
                                   ["activation.name=swish", "data=synthetic"], ["arch=mlp3"]],
                          ids=["help", "cfg-job", "bad-activation", "bad-arch"])
-def test_help_config_and_config_errors_import_neither_torch_nor_lightning(args):
-    res, names = imported_modules(*args)
+def test_help_config_and_config_errors_import_neither_torch_nor_lightning(args, tmp_path):
+    res, names = imported_modules(*args, f"hydra.run.dir={tmp_path}/run")  # a failing job's folder goes there
     assert "omegaconf" in names and "hydra" in names  # the check sees imports at all
     assert not names & {m for m in names if m.split(".")[0] in HEAVY}, sorted(n for n in names if "torch" in n)[:5]
     if args[0].startswith("activation"):

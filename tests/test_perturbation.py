@@ -1,6 +1,7 @@
-"""Perturbation experiments: the USE/LEARN math, the fast sweep against a naive full forward,
+"""Perturbation experiments: the USE/LEARN math, the sweep engine against a naive full forward,
 the callback's files, and `python -m dmlight.perturb` on saved runs. Trainings are real."""
 import csv
+import doctest
 import math
 import shutil
 
@@ -12,9 +13,11 @@ from dmlight.config import compose_config
 from dmlight.data import Splits, load_data
 from dmlight.models import build_model
 from dmlight.perturb import perturb
-from dmlight.perturbation import (COLUMNS, RANGE_COLUMNS, FastSweep, PerturbationError, PerturbationSweep,
-                                  UnitRanges, expand_grid, perturbation_values, read_results,
-                                  stack_values, sweep_points)
+from dmlight import perturbation, sweep_engine
+from dmlight.perturbation import (PerturbationError, UnitRanges, expand_grid, perturbation_values, stack_values,
+                                  sweep_points)
+from dmlight.probe import PerturbationSweep
+from dmlight.sweep_engine import COLUMNS, RANGE_COLUMNS, SplitSweep, read_results
 from dmlight.train import train
 from tests.conftest import run_module, train_cfg
 
@@ -102,7 +105,7 @@ def test_offset_keeps_max_and_moves_zero_point_by_p_range():
         net.hidden.weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, -1.0]]))
         net.hidden.bias.copy_(torch.tensor([0.0, 1.0, 0.0]))
     x = torch.tensor([[0.0, 0.0], [4.0, 2.0], [2.0, 1.0]])  # pre-activations (0,1,0), (4,3,-6), (2,2,-3)
-    ranges = FastSweep(net, x, torch.zeros(3, dtype=torch.long)).unit_ranges()
+    ranges = SplitSweep(net, x, torch.zeros(3, dtype=torch.long)).unit_ranges()
     assert ranges.min.tolist() == [0.0, 1.0, 0.0] and ranges.max.tolist() == [4.0, 3.0, 0.0]
     for p in (-0.5, 0.25, 1.0):
         net.perturb.set(**perturbation_values("offset", p, ranges))
@@ -134,19 +137,19 @@ def test_identity_points_give_exactly_the_unperturbed_accuracy(use_run, learn_ru
             (use_run, {"scale": [1.0], "offset": [0.0], "clip": [1.0, 1.5, 10.0]}),
             (learn_run, {"clamp_min": [0.0], "clamp_max": [1.0]})):
         net = loaded(run_dir)
-        fast = FastSweep(net, digits.x_train, digits.y_train)
-        baseline = fast.baseline()
+        sweep = SplitSweep(net, digits.x_train, digits.y_train)
+        baseline = sweep.baseline
         assert baseline == round(summary["train_acc"] * len(digits.y_train))  # the run's own full forward
-        ranges = fast.unit_ranges()
+        ranges = sweep.unit_ranges()
         for kind, magnitudes in kinds_at_identity.items():
             values = stack_values(kind, magnitudes, ranges)
-            assert fast.correct(**values) == [baseline] * len(magnitudes), kind
+            assert sweep.correct(**values) == [baseline] * len(magnitudes), kind
             assert naive_counts(net, digits.x_train, digits.y_train, values) == [baseline] * len(magnitudes), kind
         written = rows_of(run_dir, kind="baseline", split="train")
         assert [float(r["accuracy"]) for r in written] == [baseline / len(digits.y_train)]
 
 
-def test_fast_sweep_equals_a_naive_full_forward_for_every_kind(use_run, learn_run, digits):
+def test_sweep_engine_equals_a_naive_full_forward_for_every_kind(use_run, learn_run, digits):
     for (run_dir, _), kinds, units in ((use_run, USE, (None, 7)), (learn_run, LEARN, (None, 7))):
         net = loaded(run_dir)
         site = net.site
@@ -154,47 +157,49 @@ def test_fast_sweep_equals_a_naive_full_forward_for_every_kind(use_run, learn_ru
                              .perturbation, site)
         for split in ("train", "test"):
             x, y = digits.split(split)
-            fast = FastSweep(net, x, y, chunk_rows=700, points_per_pass=3)  # ragged chunks and passes
-            ranges = FastSweep(net, digits.x_train, digits.y_train).unit_ranges()
+            sweep = SplitSweep(net, x, y, chunk_rows=700)  # ragged chunks
+            ranges = SplitSweep(net, digits.x_train, digits.y_train).unit_ranges()
             for unit in units:
                 for kind in kinds:
                     points = grids[kind] if unit is None and split == "train" else grids[kind][::4]
                     values = stack_values(kind, points, ranges, unit)
-                    assert fast.correct(**values) == naive_counts(net, x, y, values), (kind, split, unit)
+                    assert sweep.correct(**values) == naive_counts(net, x, y, values), (kind, split, unit)
 
 
 @pytest.mark.parametrize("arch,activation,site", [("mlp", "abs", "pre_activation"),
                                                   ("mlp2_neg", "relu", "pre_activation"),
                                                   ("offset_l2", "abs", "post_activation")])
-def test_fast_sweep_is_exact_on_other_architectures(arch, activation, site, digits):
+def test_sweep_engine_is_exact_on_other_architectures(arch, activation, site, digits):
     torch.manual_seed(1)
     net = build_model(arch, activation, arch.startswith("mlp"), site=site).eval()
     x, y = digits.x_test[:600], digits.y_test[:600]
-    fast = FastSweep(net, x, y, chunk_rows=256, points_per_pass=2, workers=1)  # one thread, intra-op threads
-    ranges = fast.unit_ranges()
+    sweep = SplitSweep(net, x, y, chunk_rows=256, workers=1)  # one thread, intra-op threads
+    ranges = sweep.unit_ranges()
     for kind in (USE if site == "pre_activation" else LEARN):
         values = stack_values(kind, [-0.3, 0.02, 0.4, 0.9] if kind == "offset" else [0.02, 0.3, 0.7], ranges)
-        assert fast.correct(**values) == naive_counts(net, x, y, values), kind
+        assert sweep.correct(**values) == naive_counts(net, x, y, values), kind
 
 
-def test_scale_shortcut_recomputes_undecided_rows_exactly(digits):
-    """USE's scale is decided from an error-bounded estimate; rows it cannot decide (here: pairs of
-    classes with identical logits, settled by argmax's first-class rule) are recomputed."""
+def test_ties_between_classes_are_settled_as_a_full_forward_pass(digits):
+    """Pairs of classes with identical logits on every row: argmax's first-class rule decides every
+    prediction, so any other way of picking the top class would show in the counts."""
     torch.manual_seed(2)
     net = build_model("mlp", "relu", True, site="pre_activation").eval()
     with torch.no_grad():
         net.head.weight[1::2] = net.head.weight[0::2]
         net.head.bias[1::2] = net.head.bias[0::2]
     x, y = digits.x_train[:1500], digits.y_train[:1500]
-    fast = FastSweep(net, x, y)
-    exact_rows = []
-    head_forward = net.head.forward
-    net.head.forward = lambda z: exact_rows.append(len(z)) or head_forward(z)
-    values = stack_values("scale", [0.05, 0.5, 2.0], fast.unit_ranges())
-    counts = fast.correct(**values)
-    net.head.forward = head_forward
-    assert len(exact_rows) == 3 and all(32 < n < len(x) // 2 for n in exact_rows)  # the undecided rows
-    assert counts == naive_counts(net, x, y, values)
+    sweep = SplitSweep(net, x, y)
+    ranges = sweep.unit_ranges()
+    for kind, points in (("scale", [0.05, 0.5, 2.0]), ("clip", [0.3, 0.7]), ("offset", [-0.1, 0.2])):
+        values = stack_values(kind, points, ranges)
+        assert sweep.correct(**values) == naive_counts(net, x, y, values), kind
+
+
+def test_docstring_examples_run():
+    for module in (perturbation, sweep_engine):
+        result = doctest.testmod(module)
+        assert result.attempted > 0 and result.failed == 0, module.__name__
 
 
 # ---------------------------------------------------------------- what the callback wrote
