@@ -23,6 +23,22 @@ def run_module(module: str, *args: str, cwd: Path | None = None, env: dict | Non
                           capture_output=True, timeout=timeout, env={**os.environ, **(env or {})})
 
 
+def kill_after_first_checkpoint(args: list[str], run_dir: Path, timeout: float = 120) -> None:
+    """Run `python -m dmlight.train args hydra.run.dir=run_dir` and SIGKILL it once its first checkpoint exists."""
+    import signal
+    import time
+
+    cmd = [sys.executable, "-m", "dmlight.train", *args, f"hydra.run.dir={run_dir}"]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ckpt = Path(run_dir) / "checkpoints" / "last.ckpt"
+    deadline = time.time() + timeout
+    while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert ckpt.exists() and not (Path(run_dir) / "summary.json").exists(), "killed before its first checkpoint"
+
+
 def train_cfg(*overrides: str):
     from dmlight.config import compose_config
 

@@ -8,11 +8,8 @@ Runs use one torch thread (run.num_threads=1): on a shared 2-core machine two Op
 spin against other processes and an epoch takes ~10x longer.
 """
 import json
-import os
-import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import pytorch_lightning as pl
@@ -21,7 +18,7 @@ import torch
 from dmlight import train as train_mod
 from dmlight.rundir import read_metrics
 from dmlight.train import member_dir, train
-from tests.conftest import REPO, train_cfg
+from tests.conftest import REPO, kill_after_first_checkpoint, train_cfg
 
 pytestmark = pytest.mark.slow  # real trainings: `make test-fast` leaves them out
 
@@ -57,20 +54,13 @@ def test_sigkill_then_rerun_with_a_stateful_optimizer_equals_an_uninterrupted_ru
     args = [*COMMON, *overrides]
     run_dir = tmp_path / "killed"
     cmd = [sys.executable, "-m", "dmlight.train", *args, f"hydra.run.dir={run_dir}"]
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    ckpt = run_dir / "checkpoints" / "last.ckpt"
-    deadline = time.time() + 120
-    while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.02)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert ckpt.exists() and not (run_dir / "summary.json").exists(), "killed before its first checkpoint"
+    kill_after_first_checkpoint(args, run_dir)
     killed_at = len(read_metrics(run_dir))
     assert killed_at < EPOCHS
 
     # The checkpoint really holds a stateful optimizer's state, one entry per parameter,
     # not all zero: what a resume that dropped it would get wrong.
-    state = _optimizer_state(ckpt)
+    state = _optimizer_state(run_dir / "checkpoints" / "last.ckpt")
     assert len(state) == 4  # hidden weight and bias, head weight and bias
     for slots in state:
         assert set(slots) == state_keys

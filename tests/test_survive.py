@@ -1,7 +1,6 @@
 """Runs survive: kill -9 and rerun resumes to the same numbers; one writer per run dir."""
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -10,7 +9,7 @@ import pytest
 
 from dmlight.rundir import RunDirBusy, RunLock, read_metrics
 from dmlight.train import train
-from tests.conftest import REPO, train_cfg
+from tests.conftest import REPO, kill_after_first_checkpoint, train_cfg
 
 ARGS = ["experiment=use_distance_metrics", "perturbation=none", "trainer.max_epochs=200",
         "trainer.accelerator=cpu", "run.checkpoint_every=50", "run.log_every=25", "run.progress_every=0"]
@@ -20,14 +19,7 @@ ARGS = ["experiment=use_distance_metrics", "perturbation=none", "trainer.max_epo
 def test_sigkill_after_a_checkpoint_then_rerun_equals_an_uninterrupted_run(tmp_path):
     run_dir = tmp_path / "killed"
     cmd = [sys.executable, "-m", "dmlight.train", *ARGS, f"hydra.run.dir={run_dir}"]
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    ckpt = run_dir / "checkpoints" / "last.ckpt"
-    deadline = time.time() + 120
-    while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.02)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert ckpt.exists() and not (run_dir / "summary.json").exists(), "killed before its first checkpoint"
+    kill_after_first_checkpoint(ARGS, run_dir)
     killed_at = len(read_metrics(run_dir))
     assert killed_at < 200
 
