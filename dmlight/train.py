@@ -84,7 +84,7 @@ def run_fields(cfg: DictConfig, status: str) -> dict:
 
 def diverged_summary(cfg: DictConfig, epoch: int, loss: float, ensemble_size: int) -> dict:
     """summary.json of a run whose training loss became non-finite: a result, not a crash."""
-    return {**run_fields(cfg, "diverged"), "diverged_epoch": int(epoch), "diverged_loss": str(loss),
+    return {**run_fields(cfg, rundir.DIVERGED), "diverged_epoch": int(epoch), "diverged_loss": str(loss),
             "ensemble_size": ensemble_size}
 
 
@@ -107,7 +107,7 @@ def final_summary(cfg: DictConfig, net, data, seconds: float) -> dict:
         units[split], logits[split] = unit_counts(net, data.split(split)[0], return_output=True)
     y_train, y_test = data.y_train, data.y_test
     return {
-        **run_fields(cfg, "complete"),
+        **run_fields(cfg, rundir.COMPLETE),
         "train_loss": torch.nn.functional.cross_entropy(logits["train"], y_train).item(),
         "train_acc": accuracy(logits["train"], y_train).item(),
         "test_acc": accuracy(logits["test"], y_test).item(),
@@ -153,7 +153,7 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None,
                         record_failure(d, e)
             raise
     name = _config.model_name(cfg)
-    if all(s["status"] == "diverged" for s in summaries):
+    if all(s["status"] == rundir.DIVERGED for s in summaries):
         raise NonFiniteLoss(" ".join(diverged_message(name, s, d) for s, (_, d) in zip(summaries, members)))
     return summaries[0] if cfg.get("seeds") is None else summaries
 
@@ -165,15 +165,15 @@ def _train_locked(cfg: DictConfig, members: list[tuple[DictConfig, Path]],
     for member_cfg, d in members:
         claim_run_dir(d, member_cfg)
         summary = read_json(summary_path(d)) or {}
-        if summary.get("status") == "complete":
+        if summary.get("status") == rundir.COMPLETE:
             print(f"[{name}] seed {member_cfg.seed} complete, skipping: {d}", flush=True)
             done[d] = summary
-        elif summary.get("status") == "diverged" and not cfg.run.get("retry_diverged"):
+        elif summary.get("status") == rundir.DIVERGED and not cfg.run.get("retry_diverged"):
             print(f"[{name}] seed {member_cfg.seed} diverged at epoch {summary['diverged_epoch']}, skipping "
                   f"(run.retry_diverged=true retrains it): {d}", flush=True)
             done[d] = summary
         else:
-            if summary.get("status") == "diverged":  # retry from scratch: its checkpoints led there
+            if summary.get("status") == rundir.DIVERGED:  # retry from scratch: its checkpoints led there
                 reset_run(d)
             (d / "failed.json").unlink(missing_ok=True)
             todo.append((member_cfg, d))
