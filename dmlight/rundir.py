@@ -250,10 +250,6 @@ def status(run_dir: Path) -> str | None:
     return s.get("status") if isinstance(s, dict) else None
 
 
-def is_complete(run_dir: Path) -> bool:
-    return status(run_dir) == COMPLETE
-
-
 def reset_run(run_dir: Path) -> None:
     """Remove what training wrote (summary, metrics, checkpoints), keeping config.yaml: a retry starts afresh."""
     run_dir = Path(run_dir)
