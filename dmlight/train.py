@@ -15,6 +15,7 @@ import time
 import traceback
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -29,6 +30,9 @@ from dmlight.errors import ConfigError, NonFiniteLoss, UserError
 from dmlight.loggers import finish_loggers, instantiate_group, make_loggers, offline_hint
 from dmlight.progress import seed_range
 from dmlight.sweep import record_sweep_failure
+if TYPE_CHECKING:  # annotations only: Lightning loads where a run trains
+    import pytorch_lightning as pl
+
 from dmlight.rundir import (RunDirBusy, RunDirConflict, RunLock, claim_run_dir, last_checkpoint, read_json,
                             record_failure, reset_run, summary_path, truncate_metrics, write_json_atomic)
 

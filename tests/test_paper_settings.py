@@ -1,7 +1,6 @@
 """The papers' settings, as literal numbers from PAPERS.md, against what the configs and code
 actually run. No training here. Every expected value is written in this file (PAPERS.md's
 numbers, numpy grids, torch's own functions), never read back from dmlight."""
-from pathlib import Path
 
 import hydra
 import numpy as np

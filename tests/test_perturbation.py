@@ -10,7 +10,7 @@ import torch
 from omegaconf import OmegaConf
 
 from dmlight.config import compose_config
-from dmlight.data import Splits, load_data
+from dmlight.data import load_data
 from dmlight.models import build_model
 from dmlight.perturb import perturb
 from dmlight import perturbation, sweep_engine
