@@ -34,7 +34,7 @@ from dmlight.perturbation import UnitRanges, stack_values, sweep_points, sweep_s
 COLUMNS = ("kind", "magnitude", "split", "unit", "accuracy")
 RANGE_COLUMNS = ("unit", "min", "max", "range")
 RESULTS_FILE, RANGES_FILE = "perturbation.csv", "unit_ranges.csv"
-DEFAULT_CHUNK_ROWS = 2048
+DEFAULT_CHUNK_ROWS = 4096
 MAX_WORKERS = 8  # past a few workers the GIL, held while each op is dispatched, is the limit
 IN_PLACE = {nn.ReLU: torch.relu_, Abs: torch.abs_}  # activations that can run in place
 
@@ -42,11 +42,12 @@ IN_PLACE = {nn.ReLU: torch.relu_, Abs: torch.abs_}  # activations that can run i
 class SplitSweep:
     """Correct predictions of a network on one split, unperturbed and under many points.
 
-    On a CPU the points are shared among single-threaded workers, one per core (up to 8):
-    torch's own threads would meet at a barrier after every op of a few hundred
-    microseconds, and when another process holds a core each op waits for it (measured on
-    a shared 2-core machine: 2 threads per op ran the sweep 3-20x slower than 1). A worker
-    per core slows only in proportion. On a GPU each point runs on the whole split, so the
+    On a CPU the points are shared among single-threaded workers, one per core (up to 8).
+    torch's own threads meet at a barrier after every op (a few hundred microseconds each
+    here), so a core taken by another process stalls every op; a worker per core only slows
+    in proportion. Measured on a shared 2-core machine, USE grid on 60,000 rows, ms per
+    point: one thread 11; torch's 2 threads 7 idle, 70-185 with another process running;
+    2 workers 6.4 idle, 12-13 loaded. On a GPU each point runs on the whole split, so the
     head's matrix product has the shape of a full forward pass (same kernel, same bits).
 
     Example:
