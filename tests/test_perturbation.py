@@ -12,12 +12,13 @@ from omegaconf import OmegaConf
 from dmlight.config import compose_config
 from dmlight.data import load_data
 from dmlight.models import build_model
+from dmlight.data import Splits
 from dmlight.perturb import perturb
 from dmlight import perturbation, sweep_engine
 from dmlight.perturbation import (PerturbationError, UnitRanges, expand_grid, perturbation_values, stack_values,
                                   sweep_points)
 from dmlight.probe import PerturbationSweep
-from dmlight.sweep_engine import COLUMNS, RANGE_COLUMNS, SplitSweep, read_results
+from dmlight.sweep_engine import COLUMNS, RANGE_COLUMNS, SplitSweep, read_results, run_sweep
 from dmlight.train import train
 from tests.conftest import run_module, train_cfg
 
@@ -194,6 +195,16 @@ def test_ties_between_classes_are_settled_as_a_full_forward_pass(digits):
     for kind, points in (("scale", [0.05, 0.5, 2.0]), ("clip", [0.3, 0.7]), ("offset", [-0.1, 0.2])):
         values = stack_values(kind, points, ranges)
         assert sweep.correct(**values) == naive_counts(net, x, y, values), kind
+
+
+def test_run_sweep_takes_chunk_rows_from_the_config_or_its_default(digits):
+    """chunk_rows only sets the speed; points_per_pass (an older engine's key) is ignored if present."""
+    torch.manual_seed(3)
+    net = build_model("mlp", "relu", True).eval()
+    data = Splits(digits.x_train[:900], digits.y_train[:900], digits.x_test[:300], digits.y_test[:300])
+    plain = {k: v for k, v in grid("use", splits=["train", "test"]).items() if k not in ("chunk_rows", "points_per_pass")}
+    rows = [run_sweep(net, data, cfg, log=None)[0] for cfg in (plain, {**plain, "chunk_rows": 128, "points_per_pass": 4})]
+    assert rows[0] == rows[1] and len(rows[0]) == 2 * (1 + 325)
 
 
 def test_docstring_examples_run():
