@@ -23,7 +23,7 @@ from results import save  # bench/results.py (scripts run from bench/ on sys.pat
 from dmlight.config import compose_config
 from dmlight.data import DataError, load_data
 from dmlight.perturbation import UnitRanges, perturbation_values, stack_values, sweep_points
-from dmlight.sweep_engine import DEFAULT_CHUNK_ROWS, SplitSweep
+from dmlight.sweep_engine import DEFAULT_CHUNK_ROWS, network_sweep
 from dmlight.train import build_network
 
 
@@ -47,15 +47,17 @@ def naive_sweep(net, x, y, points: dict[str, list[float]]) -> dict[str, list[int
     for kind, magnitudes in points.items():
         out[kind] = []
         for p in magnitudes:
-            net.perturb.set(**perturbation_values(kind, p, ranges))
+            v = perturbation_values(kind, p, ranges)
+            hook = net.hidden.register_forward_hook(
+                lambda m, i, o: torch.clamp(o * v["scale"] + v["offset"], min=v["lower"], max=v["upper"]))
             out[kind].append(int((net(x).argmax(1) == y).sum()))
-    net.perturb.reset()
+            hook.remove()
     return out
 
 
 def engine_sweep(net, x, y, points: dict[str, list[float]], chunk_rows: int):
     """dmlight's engine, everything included: trunk pass, unit ranges, baseline, every point."""
-    sweep = SplitSweep(net, x, y, chunk_rows)
+    sweep = network_sweep(net, x, y, chunk_rows=chunk_rows)
     ranges = sweep.unit_ranges()
     out = {"baseline": [sweep.baseline]}
     for kind, magnitudes in points.items():

@@ -2,7 +2,7 @@
 
 Every paper model is one point of that grid, never its own class:
 
-    arch           network (after Linear(784, hidden) -> [Perturbation] -> act)
+    arch           network (after Linear(784, hidden) -> act)
     mlp            -> Linear(hidden, 10)                      ReLU, Abs
     mlp2           -> Linear(hidden, 10) -> act               ReLU2, Abs2
     mlp2_neg       -> Linear(hidden, 10) -> act -> Neg        ReLU2-Neg, Abs2-Neg
@@ -21,7 +21,7 @@ from torch import nn
 
 from dmlight.errors import ConfigError
 from dmlight.grid import ACTIVATION_NAMES, ARCHS, SITES, check, paper_name  # noqa: F401  (re-exported)
-from dmlight.layers import Abs, Neg, OffsetL2, Perturbation
+from dmlight.layers import Abs, Neg, OffsetL2
 
 _MODULES = {"relu": nn.ReLU, "abs": Abs, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh, "gelu": nn.GELU,
             "leaky_relu": nn.LeakyReLU}
@@ -30,10 +30,11 @@ ACTIVATIONS = {name: (paper, _MODULES[name]) for name, paper in ACTIVATION_NAMES
 
 
 class Network(nn.Sequential):
-    """Linear -> Perturbation? -> act -> Perturbation? -> head -> act? -> Neg?, with named parts.
+    """Linear -> act -> head -> act? -> Neg?, with named parts.
 
-    Parts are reachable by name: `hidden`, `perturb` (at `site`), `activation`, `head`,
-    `output_activation`, `neg`. `trunk` and `tail` split it at the perturbation site.
+    Parts are reachable by name: `hidden`, `activation`, `head`, `output_activation`, `neg`.
+    `site` says where dmlight's probe (dmlight.probe) perturbs it: `hidden`'s output
+    (pre_activation, USE) or `activation`'s (post_activation, LEARN).
     """
 
     def __init__(self, arch: str, activation: str, head_bias: bool, hidden: int = 128,
@@ -46,12 +47,7 @@ class Network(nn.Sequential):
             raise ConfigError(f"arch {arch!r} has no bias (OffsetL2 is a distance layer); "
                               "set arch.head_bias=false")
         act_cls = ACTIVATIONS[activation][1]
-        parts: list[tuple[str, nn.Module]] = [("hidden", nn.Linear(in_features, hidden))]
-        if site == "pre_activation":
-            parts.append(("perturb", Perturbation(hidden)))
-        parts.append(("activation", act_cls()))
-        if site == "post_activation":
-            parts.append(("perturb", Perturbation(hidden)))
+        parts: list[tuple[str, nn.Module]] = [("hidden", nn.Linear(in_features, hidden)), ("activation", act_cls())]
         if spec.head == "linear":
             parts.append(("head", nn.Linear(hidden, n_classes, bias=head_bias)))
         else:
@@ -64,19 +60,6 @@ class Network(nn.Sequential):
         self.arch, self.activation_name, self.head_bias = arch, activation, head_bias
         self.hidden_units, self.site = hidden, site
         self.name = paper_name(arch, activation, head_bias)
-
-    def _split(self) -> int:
-        return list(self._modules).index("perturb")
-
-    @property
-    def trunk(self) -> nn.Sequential:
-        """Everything before the perturbation layer (what a sweep computes once)."""
-        return nn.Sequential(*list(self)[: self._split()])
-
-    @property
-    def tail(self) -> nn.Sequential:
-        """Everything after the perturbation layer (what a sweep recomputes per point)."""
-        return nn.Sequential(*list(self)[self._split() + 1:])
 
     def activation_layers(self) -> dict[str, nn.Module]:
         """The layers whose outputs count for dead units: `activation`, `output_activation`."""

@@ -12,7 +12,7 @@ from torch.func import stack_module_state
 from torchmetrics.functional.classification import multiclass_accuracy
 
 from dmlight.data import Splits
-from dmlight.layers import Abs, Neg, OffsetL2, Perturbation, offset_l2, stacked_linear
+from dmlight.layers import Abs, Neg, OffsetL2, offset_l2, stacked_linear
 from dmlight.errors import ConfigError
 
 
@@ -64,7 +64,7 @@ def member_accuracies(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 # Parameter-free parts made of single IEEE operations (max, abs, multiply, add, clamp): their
 # SIMD and scalar code give the same bits, so they can act on all members' stack at once.
-EXACT_ELEMENTWISE = (nn.ReLU, Abs, nn.LeakyReLU, Neg, Perturbation)
+EXACT_ELEMENTWISE = (nn.ReLU, Abs, nn.LeakyReLU, Neg)
 
 
 class Ensemble(nn.Module):
@@ -73,7 +73,7 @@ class Ensemble(nn.Module):
     Parameters are stacked along a leading member axis and the members' own `Network` is
     walked part by part: a Linear runs for every member at once (`stacked_linear`; the shared
     input goes through one matrix product), OffsetL2 broadcasts over the member axis, and the
-    parameter-free parts (activations, Perturbation, Neg) are the template's own modules. No
+    parameter-free parts (activations, Neg) are the template's own modules. No
     architecture is written twice, and on a CPU every member's numbers are bit-identical to
     its solo run's.
 
@@ -123,8 +123,6 @@ class Ensemble(nn.Module):
                 # Per member on a CPU: its row blocks (and so its sums) are then a solo run's.
                 h = torch.stack([offset_l2(*one) for one in zip(h, mu, alpha)]) if per_member \
                     else offset_l2(h, mu, alpha)
-            elif isinstance(layer, Perturbation) and layer.is_identity:
-                continue
             elif per_member and not isinstance(layer, EXACT_ELEMENTWISE):
                 # Sigmoid, tanh, GELU round differently in their SIMD and scalar paths, and a
                 # member's elements fall on other vector boundaries inside the stack: per member,

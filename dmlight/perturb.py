@@ -52,7 +52,8 @@ def perturb(run_dir: str | Path, cfg, device: str = "auto", log=print) -> list[d
     net = run.model.to(device)
     if log:
         log(f"[perturb] {run.model.name} seed {run.cfg.seed}: {run_dir}")
-    rows, ranges = run_sweep(net, Splits(*run.data(device)), cfg, log=log)
+    epoch = int(run.summary.get("epochs", run.cfg.trainer.max_epochs))  # the trained network's epochs
+    rows, ranges = run_sweep(net, Splits(*run.data(device)), cfg, log=log, epoch=epoch)
     write_unit_ranges(run_dir, ranges)
     append_results(run_dir, rows)
     if log:

@@ -20,9 +20,10 @@ LEARN (arXiv:2502.02103), Perturbation layer after the activation (site post_act
 with v = min + p r. For the whole layer (unit=null) min and max are the layer's, over all
 units (one threshold, as the authors' code); for one unit (unit=k) they are unit k's own.
 
-Every point is `Perturbation.set(**perturbation_values(kind, p, ranges))` of
-dmlight.layers. This module is the math and the grids; dmlight.sweep_engine runs a grid on a
-network and writes the results, dmlight.probe runs it when training ends.
+Every point is per-unit `clamp(x * scale + offset, lower, upper)` with the values of
+`perturbation_values(kind, p, ranges)`. This module is the math and the grids;
+dmlight.sweep_engine runs a grid on a network and writes the results, dmlight.probe
+(DistanceProbe) locates the layer and runs grids during and after training.
 """
 from __future__ import annotations
 
@@ -37,7 +38,7 @@ from dmlight.errors import UserError
 
 KINDS = {"scale": "pre_activation", "clip": "pre_activation", "offset": "pre_activation",
          "clamp_min": "post_activation", "clamp_max": "post_activation"}
-SPLITS = ("train", "test")
+SPLITS = ("train", "val", "test")  # dmlight's own data has train and test; a DistanceProbe may have val
 
 
 class PerturbationError(UserError, ValueError):
@@ -175,10 +176,10 @@ class UnitRanges:
 
 
 def perturbation_values(kind: str, p: float, ranges: UnitRanges, unit: int | None = None) -> dict[str, torch.Tensor]:
-    """The per-unit (scale, offset, lower, upper) of one point, for `Perturbation.set(**values)`.
+    """The per-unit (scale, offset, lower, upper) of one point, for dmlight.sweep_engine.perturb.
 
     Computed in float64 so identity points are exact (offset 0 gives scale 1, clip 100%
-    gives the max), then stored as float32 like the layer's buffers.
+    gives the max), then stored as float32 like the activations.
 
     Example:
         >>> r = UnitRanges(torch.tensor([0.0, 1.0]), torch.tensor([4.0, 3.0]))

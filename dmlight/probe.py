@@ -1,46 +1,397 @@
-"""The perturbation probe: a Lightning callback that runs the configured sweep when training ends."""
+"""DistanceProbe: the papers' perturbation test for any Lightning model, at any layer, during training.
+
+Does a layer code by distance or by intensity? The probe shifts the layer's units the
+papers' ways (USE: scale, clip, offset; LEARN: clamp_min, clamp_max; dmlight.perturbation
+holds the formulas) and measures how accuracy falls:
+
+    from dmlight import DistanceProbe
+    trainer = pl.Trainer(callbacks=[DistanceProbe(layer="features.0", every_n_epochs=5)])
+
+- `layer` names any submodule (`model.named_modules()`); each unit is a Linear output's
+  feature or a conv map's channel (dim 1). At the pre_activation site (USE's kinds) the
+  layer's output is perturbed; at post_activation (LEARN's) the output of the activation
+  that follows it. Unit ranges are measured on the training data at that activation's output.
+- Sweeps the full grid when fit ends, and with `every_n_epochs` also at epoch 0 and every
+  N training epochs on the coarser `during_grids` (conf/perturbation/*.yaml).
+- Writes rows with an `epoch` column to `<dirpath>/probe.csv` and logs each sweep's
+  accuracies to every logger of the Trainer (`probe/<layer>/<split>/<kind>/<magnitude>`).
+
+dmlight's own training uses it too (`PerturbationSweep`, one file per member run).
+"""
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytorch_lightning as pl
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
 
+from dmlight.errors import UserError
+from dmlight.layers import Abs
 from dmlight.loggers import member_loggers
-from dmlight.perturbation import sweep_points
-from dmlight.sweep_engine import append_results, run_sweep, write_unit_ranges
+from dmlight.perturbation import KINDS, PerturbationError, sweep_points, sweep_splits
+from dmlight.sweep_engine import (DEFAULT_CHUNK_ROWS, HookSweep, SplitSweep, append_results, recorded_epochs,
+                                  sweep_rows, write_unit_ranges)
 from dmlight.wandb_log import log_sweep
 
+PROBE_COLUMNS = ("epoch", "layer", "kind", "magnitude", "split", "unit", "accuracy")
+FAST_PATH_BYTES = 1 << 30  # SplitSweep keeps a split's layer output; above this the hooks recompute it
 
-class PerturbationSweep(pl.Callback):
-    """Runs the configured perturbation sweep when training ends, on every member network
-    (one for a solo run, one per seed for an ensemble), writing perturbation.csv and
-    unit_ranges.csv into each member's run directory and, with W&B on, the sweep into the
-    member's own W&B run (dmlight.wandb_log.log_sweep). A config that cannot run fails when
-    training starts, not after it; `perturbation=none` (no kinds) sweeps nothing.
+
+class ProbeError(UserError, ValueError):
+    """A probe that cannot run as asked; the message says what to change."""
+
+
+def is_activation(module: nn.Module) -> bool:
+    """An elementwise activation (torch's, or dmlight's Abs): what a unit's range is measured after."""
+    return isinstance(module, Abs) or type(module).__module__ == "torch.nn.modules.activation" \
+        and not isinstance(module, (nn.Softmax, nn.LogSoftmax, nn.MultiheadAttention, nn.Softmin))
+
+
+def sequential_parts(model: nn.Module) -> list[tuple[str, nn.Module]] | None:
+    """A Sequential's entries in call order, nested Sequentials flattened ('features.0', ...); None otherwise."""
+    if not isinstance(model, nn.Sequential):
+        return None
+    parts = []
+    for name, child in model.named_children():
+        inner = sequential_parts(child)
+        parts += [(f"{name}.{n}", m) for n, m in inner] if inner is not None else [(name, child)]
+    return parts
+
+
+def call_order(model: nn.Module, x: torch.Tensor) -> list[str]:
+    """The names of the leaf modules in the order one forward pass of `model` on `x` calls them."""
+    order, handles = [], []
+    for name, module in model.named_modules():
+        if name and not any(True for _ in module.children()):
+            handles.append(module.register_forward_hook(lambda m, i, o, name=name: order.append(name)))
+    try:
+        with torch.inference_mode():
+            model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return order
+
+
+@dataclass
+class ProbeSite:
+    """Where a probe acts: `target` is the module whose output is perturbed, `activation` the one the
+    unit ranges are measured after (None: ranges of the target's own output)."""
+
+    layer: str
+    site: str
+    activation: str | None
+    target: str
+    n_units: int | None
+
+    def split(self, model: nn.Module):
+        """(trunk, tail, ranges_of) of a Sequential model at the target, or None when it is not one."""
+        parts = sequential_parts(model)
+        names = [n for n, _ in parts] if parts is not None else []
+        if self.target not in names:
+            return None
+        k = names.index(self.target)
+        trunk, tail = nn.Sequential(*[m for _, m in parts[: k + 1]]), nn.Sequential(*[m for _, m in parts[k + 1:]])
+        ranges_of = tail[0] if self.activation is not None and self.target == self.layer else None
+        return trunk, tail, ranges_of
+
+    def ranges_module(self, model: nn.Module) -> nn.Module | None:
+        return model.get_submodule(self.activation) if self.activation and self.target == self.layer else None
+
+    def check_unit(self, unit, n: int) -> None:
+        if unit is not None and not 0 <= unit < n:
+            raise PerturbationError(f"perturbation.unit={unit!r} is not a unit of {self.layer!r}; accepted: "
+                                    f"0..{n - 1}, or null for the whole layer.")
+
+
+def locate(model: nn.Module, layer: str, site: str = "pre_activation", activation: str | None = None,
+           sample: torch.Tensor | None = None) -> ProbeSite:
+    """Resolve `layer` (and the activation after it) in `model`.
+
+    The activation is `activation` when named, else the module called right after `layer`
+    when it is an elementwise activation: the next entry of a Sequential, or, for any other
+    model, the next leaf module that a forward pass on `sample` calls.
+
+    Example:
+        >>> net = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
+        >>> locate(net, "0", "post_activation")
+        ProbeSite(layer='0', site='post_activation', activation='1', target='1', n_units=3)
     """
+    modules = dict(model.named_modules())
+    for what, name in (("layer", layer), ("activation", activation)):
+        if name is not None and (name not in modules or not name):
+            names = [n for n in modules if n]
+            listed = ", ".join(names[:25]) + (f", ... ({len(names)} in all)" if len(names) > 25 else "")
+            raise ProbeError(f"{what}={name!r} is not a submodule of {type(model).__name__}; its modules: {listed}. "
+                             f"Name one of them, e.g. {what}={names[0]!r}." if names else
+                             f"{type(model).__name__} has no submodules to probe.")
+    if site not in ("pre_activation", "post_activation"):
+        raise ProbeError(f"site={site!r}; accepted: pre_activation (USE's scale, clip, offset) or post_activation "
+                         "(LEARN's clamp_min, clamp_max).")
+    if activation is None:
+        parts = sequential_parts(model)
+        names = [n for n, _ in parts] if parts is not None else []
+        if layer in names:
+            order = names
+        else:
+            order = call_order(model, sample) if sample is not None else []
+        if layer in order and order.index(layer) + 1 < len(order):
+            after = order[order.index(layer) + 1]
+            activation = after if is_activation(modules[after]) else None
+        if activation is not None and order.count(activation) > 1:
+            raise ProbeError(f"the activation after {layer!r}, {activation!r}, is called {order.count(activation)} "
+                             "times per forward pass; give each use its own module, or name it: activation=<name>.")
+    target = activation if site == "post_activation" and activation is not None else layer
+    base = modules[layer]
+    n_units = getattr(base, "out_features", None) or getattr(base, "out_channels", None)
+    return ProbeSite(layer, site, activation, target, n_units)
+
+
+def _config(perturbation) -> DictConfig:
+    """A perturbation config: a conf/perturbation/<name>.yaml by name, or a mapping of its keys."""
+    if isinstance(perturbation, str):
+        from dmlight.config import CONF_DIR, compose_config
+
+        names = sorted(p.stem for p in (CONF_DIR / "perturbation").glob("*.yaml") if p.stem != "base")
+        if perturbation not in names:
+            raise ProbeError(f"perturbation={perturbation!r}; accepted: {', '.join(names)}, or a mapping with kinds "
+                             "and grids.")
+        return compose_config([f"perturbation={perturbation}"]).perturbation
+    return perturbation if isinstance(perturbation, DictConfig) else OmegaConf.create(dict(perturbation))
+
+
+def kinds_site(cfg) -> str:
+    """The site every kind of `cfg` acts at (USE's: pre_activation; LEARN's: post_activation)."""
+    sites = {KINDS.get(str(k), "?") for k in cfg.get("kinds") or []}
+    if len(sites) != 1 or "?" in sites:
+        sweep_points(cfg)  # names the unknown kind
+        raise ProbeError(f"perturbation kinds {list(cfg.kinds)} mix sites; probe USE's (scale, clip, offset) and "
+                         "LEARN's (clamp_min, clamp_max) kinds with two probes.")
+    return sites.pop()
+
+
+def during_points(cfg) -> dict[str, list[float]]:
+    """The points of sweeps during training: `during_grids` where given (else each kind's grid);
+    `magnitude` / `magnitudes` when set, as for the final sweep."""
+    during = cfg.get("during_grids") or {}
+    if cfg.get("magnitude") is not None or cfg.get("magnitudes") is not None or not during:
+        return sweep_points(cfg)
+    grids = {**OmegaConf.to_container(OmegaConf.create(cfg.get("grids") or {}), resolve=True),
+             **OmegaConf.to_container(OmegaConf.create(during), resolve=True)}
+    return sweep_points({**{k: cfg.get(k) for k in ("kinds", "splits", "unit")}, "grids": grids})
+
+
+class DistanceProbe(pl.Callback):
+    """The perturbation test of both papers as a Lightning callback, for any model and layer.
+
+    Args:
+        layer: the submodule to probe, as `named_modules()` names it (e.g. "encoder.2").
+        perturbation: a grid of conf/perturbation/ by name ("use": scale, clip, offset; "learn":
+            clamp_min, clamp_max), or a mapping with its keys (kinds, grids, during_grids, ...).
+        site: pre_activation (the layer's output) or post_activation (the activation's after it);
+            default: where the kinds act.
+        activation: the activation after `layer`, when it is not found by itself.
+        every_n_epochs: also sweep at epoch 0 and every N training epochs, on the coarser
+            `during_grids`; None sweeps only when fit ends (the full grid).
+        splits: where accuracy is measured: "train", "val", "test"; unit ranges always come
+            from the training data.
+        data: {split: DataLoader, or an (x, y) pair of tensors}; by default the Trainer's own
+            train and val dataloaders. Batches are (x, y, ...) and model(x) gives logits.
+        model: the attribute of the LightningModule to probe (default: the module itself).
+        dirpath: where probe.csv goes (default: the Trainer's log_dir, else default_root_dir).
+
+    Example:
+        >>> probe = DistanceProbe(layer="classifier.1", every_n_epochs=2, splits=("train", "val"))  # doctest: +SKIP
+        >>> pl.Trainer(max_epochs=10, callbacks=[probe]).fit(model, datamodule=dm)                  # doctest: +SKIP
+    """
+
+    columns = PROBE_COLUMNS
+
+    def __init__(self, layer: str, perturbation="use", site: str | None = None, activation: str | None = None,
+                 every_n_epochs: int | None = None, splits=("train",), data: dict | None = None,
+                 model: str | None = None, dirpath: str | Path | None = None, filename: str = "probe.csv",
+                 chunk_rows: int = DEFAULT_CHUNK_ROWS, log=print):
+        self.layer, self.activation, self.model_attr = layer, activation, model
+        self.cfg = _config(perturbation)
+        if splits is not None:
+            self.cfg.splits = list(splits)
+        self.site = site or kinds_site(self.cfg)
+        sweep_points(self.cfg, self.site)  # a bad grid fails before training
+        sweep_splits(self.cfg)
+        if every_n_epochs is not None and (isinstance(every_n_epochs, bool) or not isinstance(every_n_epochs, int)
+                                           or every_n_epochs < 1):
+            raise ProbeError(f"every_n_epochs={every_n_epochs!r}; accepted: a whole number >= 1, or None (null) to "
+                             "sweep only when fit ends.")
+        self.during = during_points(self.cfg) if every_n_epochs else None
+        self.every_n_epochs, self.data = every_n_epochs, data or {}
+        self.dirpath, self.filename, self.chunk_rows, self.print = dirpath, filename, chunk_rows, log
+        self.done: dict[Path, set[int]] = {}
+
+    # -- what is probed, where results go (dmlight's PerturbationSweep overrides these)
+    def targets(self, trainer, pl_module, final: bool) -> list[tuple[str, nn.Module, Path, list]]:
+        """(label, model, directory, loggers) of each model to probe."""
+        model = pl_module if self.model_attr is None else pl_module.get_submodule(self.model_attr)
+        where = self.dirpath or trainer.log_dir or trainer.default_root_dir
+        return [("", model, Path(where), list(trainer.loggers))]
+
+    def batches(self, trainer, pl_module, split: str) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """A split's (x, y) batches on the module's device."""
+        source = self.data.get(split)
+        if source is None:
+            source = {"train": lambda: trainer.train_dataloader, "val": lambda: trainer.val_dataloaders,
+                      "test": lambda: trainer.test_dataloaders}[split]()
+            if isinstance(source, (list, tuple)) and source and not isinstance(source[0], torch.Tensor):
+                source = source[0]  # the first of several dataloaders
+        if source is None:
+            raise ProbeError(f"the probe has no {split} data: the Trainer has no {split} dataloader. Pass "
+                             f"DistanceProbe(data={{'{split}': <DataLoader or (x, y)>}}), or leave {split!r} out "
+                             "of splits.")
+        if isinstance(source, (list, tuple)) and len(source) == 2 and isinstance(source[0], torch.Tensor):
+            x, y = source
+            source = [(x[i: i + self.chunk_rows], y[i: i + self.chunk_rows]) for i in range(0, len(x), self.chunk_rows)]
+        out = []
+        for batch in source:
+            if not isinstance(batch, (list, tuple)) or len(batch) < 2:
+                raise ProbeError(f"a {split} batch is a {type(batch).__name__}; the probe needs (x, y, ...) batches, "
+                                 "or pass data={split: (x, y)}.")
+            out.append((batch[0].to(pl_module.device), batch[1].to(pl_module.device)))
+        return out
+
+    def record(self, directory: Path, loggers, rows, ranges, trainer, epoch: int, final: bool) -> None:
+        """Write a sweep's rows (and, at the end, the unit ranges) and log them."""
+        rows = [{**r, "layer": self.layer} for r in rows]
+        append_results(directory, rows, self.filename, self.columns)
+        if final:
+            write_unit_ranges(directory, ranges, f"{Path(self.filename).stem}_{self.layer}_unit_ranges.csv")
+        metrics = {}
+        for r in rows:
+            key = f"probe/{self.layer}/{r['split']}/" + (
+                "baseline" if r["kind"] == "baseline" else f"{r['kind']}/{r['magnitude']:g}")
+            metrics[key] = r["accuracy"]
+        for logger in loggers:
+            logger.log_metrics(metrics, step=trainer.global_step)
+            logger.save()
+
+    # -- the sweep
+    def sweep(self, trainer, pl_module, epoch: int, final: bool) -> None:
+        if not trainer.is_global_zero:
+            return
+        points = sweep_points(self.cfg, self.site) if final else self.during
+        for label, model, directory, loggers in self.targets(trainer, pl_module, final):
+            if directory not in self.done:
+                self.done[directory] = recorded_epochs(directory, self.filename)
+            if not final and epoch in self.done[directory]:
+                continue  # a resumed run already has this epoch's sweep
+            was_training = model.training
+            model.eval()
+            try:
+                sweeps, ranges = self._sweeps(trainer, pl_module, model)
+                rows = sweep_rows(sweeps, points, ranges, self.cfg.get("unit"), epoch, self.print, label)
+            finally:
+                model.train(was_training)
+            self.record(directory, loggers, rows, ranges, trainer, epoch, final)
+            self.done[directory].add(epoch)
+
+    def _sweeps(self, trainer, pl_module, model):
+        train = self.batches(trainer, pl_module, "train")
+        where = locate(model, self.layer, self.site, self.activation, train[0][0][:2] if train else None)
+        parts = where.split(model)
+        if parts is not None and train:
+            with torch.inference_mode():
+                out = parts[0](train[0][0][:1])
+            if out.element_size() * out.numel() * sum(len(y) for _, y in train) > FAST_PATH_BYTES:
+                parts = None
+
+        def one(batches):
+            if parts is not None:
+                x, y = torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches])
+                return SplitSweep(parts[0], parts[1], x, y, parts[2], self.chunk_rows)
+            return HookSweep(model, model.get_submodule(where.target), batches, where.ranges_module(model))
+
+        first = one(train)
+        ranges = first.unit_ranges()
+        where.check_unit(self.cfg.get("unit"), len(ranges.min))
+        sweeps = {split: first if split == "train" else one(self.batches(trainer, pl_module, split))
+                  for split in sweep_splits(self.cfg)}
+        return sweeps, ranges
+
+    # -- Lightning hooks
+    def on_train_start(self, trainer, pl_module) -> None:
+        if self.every_n_epochs and trainer.current_epoch == 0:
+            self.sweep(trainer, pl_module, 0, final=False)
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        done = trainer.current_epoch + 1
+        last = trainer.max_epochs is not None and trainer.max_epochs >= 0 and done >= trainer.max_epochs
+        if self.every_n_epochs and done % self.every_n_epochs == 0 and not last and not trainer.should_stop:
+            self.sweep(trainer, pl_module, done, final=False)
+
+    def on_fit_end(self, trainer, pl_module) -> None:
+        self.sweep(trainer, pl_module, int(trainer.current_epoch), final=True)
+
+
+class PerturbationSweep(DistanceProbe):
+    """dmlight's own training: the `perturbation` config's probe on every member network (one
+    for a solo run, one per seed for an ensemble) at the network's site (`arch.site`), writing
+    perturbation.csv and unit_ranges.csv into each member's run directory and, with W&B on, the
+    final sweep into the member's own W&B run (dmlight.wandb_log.log_sweep). A config that cannot
+    run fails when training starts, not after it; `perturbation=none` (no kinds) sweeps nothing.
+    """
+
+    columns = ("epoch", "kind", "magnitude", "split", "unit", "accuracy")
 
     def __init__(self, run_dirs: str | Path | list, cfg):
         self.run_dirs = [Path(run_dirs)] if isinstance(run_dirs, (str, Path)) else [Path(d) for d in run_dirs]
-        self.cfg = cfg
-        if cfg.get("kinds"):  # a bad grid fails before training
-            sweep_points(cfg)
+        self.on = bool(cfg.get("kinds"))
+        if not self.on:
+            return
+        super().__init__(layer=cfg.get("layer") or "hidden", perturbation=cfg, site=None, splits=None,
+                         every_n_epochs=cfg.get("every_n_epochs"), filename="perturbation.csv",
+                         chunk_rows=cfg.get("chunk_rows") or DEFAULT_CHUNK_ROWS)
 
     def on_fit_start(self, trainer, pl_module) -> None:
-        if self.cfg.get("kinds"):
-            sweep_points(self.cfg, pl_module.net.site, pl_module.net.hidden_units)
+        if self.on:  # the run's own network decides the site and the units
+            self.site = pl_module.net.site
+            sweep_points(self.cfg, self.site)
+            where = locate(pl_module.members()[0], self.layer, self.site)
+            if where.n_units is not None and self.cfg.get("unit") is not None:
+                where.check_unit(self.cfg.get("unit"), where.n_units)
+
+    def targets(self, trainer, pl_module, final: bool):
+        members = pl_module.members()
+        own, _ = member_loggers(trainer.loggers, self.run_dirs)  # each member's own W&B run
+        retired = getattr(pl_module, "frozen", {})
+        return [(run_dir.name if len(members) > 1 else "", net.to(pl_module.data.x_train.device), run_dir, loggers)
+                for m, (net, run_dir, loggers) in enumerate(zip(members, self.run_dirs, own))
+                if final or m not in retired]  # a diverged member is not swept during training
+
+    def batches(self, trainer, pl_module, split: str):
+        return [pl_module.data.split(split)]
+
+    def record(self, directory, loggers, rows, ranges, trainer, epoch: int, final: bool) -> None:
+        append_results(directory, rows, self.filename, self.columns)
+        if final:
+            write_unit_ranges(directory, ranges)
+            log_sweep(loggers, rows)
+        else:
+            metrics = {f"perturbation_during/{r['split']}/" + (
+                "baseline" if r["kind"] == "baseline" else f"{r['kind']}/{r['magnitude']:g}"): r["accuracy"]
+                for r in rows}
+            for logger in loggers:
+                logger.log_metrics(metrics, step=epoch)  # the step of metrics.csv's rows
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        if self.on:
+            super().on_train_start(trainer, pl_module)
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        if self.on:
+            super().on_train_epoch_end(trainer, pl_module)
 
     def on_fit_end(self, trainer, pl_module) -> None:
-        if not trainer.is_global_zero or not self.cfg.get("kinds"):
-            return
-        data = pl_module.data
-        members = pl_module.members() if hasattr(pl_module, "members") else [pl_module.net]
-        own, _ = member_loggers(trainer.loggers, self.run_dirs)  # each member's own W&B run
-        for net, run_dir, loggers in zip(members, self.run_dirs, own):
-            net.to(data.x_train.device)  # Lightning's teardown moved the module to the CPU
-            try:
-                rows, ranges = run_sweep(net, data, self.cfg, label=run_dir.name if len(members) > 1 else "")
-            finally:
-                net.perturb.reset()
-            write_unit_ranges(run_dir, ranges)
-            append_results(run_dir, rows)
-            log_sweep(loggers, rows)
+        if self.on:
+            super().on_fit_end(trainer, pl_module)

@@ -1,20 +1,26 @@
-"""Run a perturbation grid (dmlight.perturbation) on a trained network; write its results.
+"""Run a perturbation grid (dmlight.perturbation) on a network at one of its layers; write the results.
 
-The hidden Linear's output does not depend on the perturbation, so `SplitSweep` computes
-the trunk (everything before the Perturbation layer) once per split; each point then runs
-only the perturbation and the tail, `chunk_rows` rows at a time, so the blocks stay in the
-CPU's cache and memory stays bounded. On 60,000 rows that is >= 10x a full forward pass per
-point (bench/perturb_speed.py).
+Two engines count a point's correct predictions; both compute, per unit (dim 1: a Linear's
+feature, a conv map's channel), `clamp(out * scale + offset, lower, upper)` at the probed
+module's output and give the same counts (tests/test_probe.py):
 
-Each point computes what the network's own Perturbation layer computes, on the same trunk
-output, so its count equals a full forward pass's (tests/test_perturbation.py checks every
-kind against one). Two shortcuts change no count: steps that change no value are skipped
-(x * 1 and a clamp at +-inf are x; x + 0 is x but for turning -0 into +0, which compare
-equal), and a point that leaves every value of the split as it was counts as the baseline.
+- `SplitSweep`, when the probed module is an entry of an `nn.Sequential` (nested ones are
+  flattened), as the papers' networks are: the output there does not depend on the
+  perturbation, so the trunk (everything up to it) runs once per split and each point runs
+  only the perturbation and the tail, `chunk_rows` rows at a time, so the blocks stay in the
+  CPU's cache and memory stays bounded. On 60,000 rows that is >= 10x a full forward pass
+  per point (bench/perturb_speed.py).
+- `HookSweep`, for any other model: a forward hook on the module applies each point during
+  a full forward pass over the split's batches.
 
-Results go next to the run: perturbation.csv (kind, magnitude, split, unit, accuracy;
-appended, never rewritten; `baseline` rows are the unperturbed point with an empty
-magnitude) and unit_ranges.csv (unit, min, max, range on the training set).
+Two shortcuts of SplitSweep change no count: steps that change no value are skipped (x * 1
+and a clamp at +-inf are x; x + 0 is x but for turning -0 into +0, which compare equal),
+and a point that leaves every value of the split as it was counts as the baseline.
+
+Results go next to the run: perturbation.csv (epoch, kind, magnitude, split, unit, accuracy;
+appended, never rewritten; `epoch` counts the training epochs done when the sweep ran;
+`baseline` rows are the unperturbed point with an empty magnitude) and unit_ranges.csv
+(unit, min, max, range on the training set).
 """
 from __future__ import annotations
 
@@ -29,9 +35,9 @@ import torch
 from torch import nn
 
 from dmlight.layers import Abs
-from dmlight.perturbation import UnitRanges, stack_values, sweep_points, sweep_splits
+from dmlight.perturbation import PerturbationError, UnitRanges, stack_values, sweep_points, sweep_splits
 
-COLUMNS = ("kind", "magnitude", "split", "unit", "accuracy")
+COLUMNS = ("epoch", "kind", "magnitude", "split", "unit", "accuracy")
 RANGE_COLUMNS = ("unit", "min", "max", "range")
 RESULTS_FILE, RANGES_FILE = "perturbation.csv", "unit_ranges.csv"
 DEFAULT_CHUNK_ROWS = 4096
@@ -39,8 +45,29 @@ MAX_WORKERS = 8  # past a few workers the GIL, held while each op is dispatched,
 IN_PLACE = {nn.ReLU: torch.relu_, Abs: torch.abs_}  # activations that can run in place
 
 
+def per_unit(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """(units,) values shaped to act on dim 1 of `like`: (units,) for (n, units), (units, 1, 1) for a conv map."""
+    return values.view(-1, *([1] * (like.ndim - 2)))
+
+
+def unit_min_max(out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-unit (dim 1) min and max over every other dim (rows, and a conv map's positions)."""
+    flat = out.transpose(0, 1).reshape(out.shape[1], -1)
+    return flat.amin(1), flat.amax(1)
+
+
+def perturb(out: torch.Tensor, scale, offset, lower, upper) -> torch.Tensor:
+    """clamp(out * scale + offset, lower, upper) per unit (dim 1); the Perturbation layer's formula."""
+    scale, offset, lower, upper = (per_unit(v, out) for v in (scale, offset, lower, upper))
+    return torch.clamp(out * scale + offset, min=lower, max=upper)
+
+
 class SplitSweep:
-    """Correct predictions of a network on one split, unperturbed and under many points.
+    """Correct predictions on one split, unperturbed and under many points, with the trunk run once.
+
+    `trunk` and `tail` are the network's parts before and after the probed output
+    (network(x) = tail(trunk(x))); `ranges_of` turns the trunk's output into what the unit
+    ranges are measured on (the activation after a pre-activation site), None for itself.
 
     On a CPU the points are shared among single-threaded workers, one per core (up to 8).
     torch's own threads meet at a barrier after every op, so a core taken by another process
@@ -54,32 +81,34 @@ class SplitSweep:
         >>> from dmlight.models import build_model
         >>> from dmlight.perturbation import stack_values
         >>> net = build_model("mlp", "relu", head_bias=True).eval()
-        >>> sweep = SplitSweep(net, torch.rand(50, 784), torch.randint(0, 10, (50,)))
+        >>> tail = nn.Sequential(*list(net)[1:])  # activation, head
+        >>> sweep = SplitSweep(net.hidden, tail, torch.rand(50, 784), torch.randint(0, 10, (50,)), net.activation)
         >>> values = stack_values("offset", [-0.1, 0.1], sweep.unit_ranges())
         >>> counts = sweep.correct(**values)  # correct predictions per point; sweep.baseline unperturbed
         >>> len(counts), all(0 <= c <= 50 for c in counts + [sweep.baseline])
         (2, True)
     """
 
-    def __init__(self, net: nn.Module, x: torch.Tensor, y: torch.Tensor,
-                 chunk_rows: int = DEFAULT_CHUNK_ROWS, workers: int | None = None):
-        self.tail, self.y = net.tail, y  # net.tail builds a new Sequential per access
+    def __init__(self, trunk: nn.Module, tail: nn.Sequential, x: torch.Tensor, y: torch.Tensor,
+                 ranges_of: nn.Module | None = None, chunk_rows: int = DEFAULT_CHUNK_ROWS,
+                 workers: int | None = None):
+        self.tail, self.y, self.ranges_of = tail, y, ranges_of
         with torch.inference_mode():
-            self.h = net.trunk(x)
-            self.h_min, self.h_max = self.h.amin(0), self.h.amax(0)
+            self.h = trunk(x)
+            self.h_min, self.h_max = unit_min_max(self.h)
+        self.n = len(self.y)
         self.on_cpu = self.h.device.type == "cpu"
         self.chunk_rows = max(1, int(chunk_rows)) if self.on_cpu else len(self.h)
         self.workers = workers or (min(torch.get_num_threads(), MAX_WORKERS) if self.on_cpu else 1)
-        self.site = net.site
         # Applied to a point's own copy of the rows, the activation runs in place (None: the head comes first).
-        self.activation_, self.after_activation = IN_PLACE.get(type(self.tail[0])), self.tail[1:]
+        first = tail[0] if len(tail) else None
+        self.activation_, self.after_activation = IN_PLACE.get(type(first)), tail[1:]
         self.baseline = self._count(None, None, None, None)
 
     @torch.inference_mode()
     def unit_ranges(self) -> UnitRanges:
-        """Per-unit min/max of the activation output (the Perturbation layer at identity)."""
-        out = self.tail[0](self.h) if self.site == "pre_activation" else self.h
-        return UnitRanges(out.amin(0), out.amax(0))
+        """Per-unit min/max of what the ranges are measured on (`ranges_of` of the output, or the output)."""
+        return UnitRanges(*unit_min_max(self.h if self.ranges_of is None else self.ranges_of(self.h)))
 
     def correct(self, scale: torch.Tensor, offset: torch.Tensor, lower: torch.Tensor,
                 upper: torch.Tensor) -> list[int]:
@@ -98,13 +127,13 @@ class SplitSweep:
 
     def _point(self, scale, offset, lower, upper) -> int:
         """One point's count, without the steps that change no value (see the module docstring)."""
-        scale = scale if bool((scale != 1).any()) else None
-        offset = offset if bool((offset != 0).any()) else None
+        scale = per_unit(scale, self.h) if bool((scale != 1).any()) else None
+        offset = per_unit(offset, self.h) if bool((offset != 0).any()) else None
         if scale is None and offset is None and bool((lower <= self.h_min).all()) \
                 and bool((upper >= self.h_max).all()):
             return self.baseline  # no value of this split moves
-        lower = lower if bool((lower > -math.inf).any()) else None
-        upper = upper if bool((upper < math.inf).any()) else None
+        lower = per_unit(lower, self.h) if bool((lower > -math.inf).any()) else None
+        upper = per_unit(upper, self.h) if bool((upper < math.inf).any()) else None
         return self._count(scale, offset, lower, upper)
 
     @torch.inference_mode()
@@ -128,44 +157,128 @@ class SplitSweep:
         return correct
 
 
-def run_sweep(net: nn.Module, data, cfg, log=print, label: str = "") -> tuple[list[dict], UnitRanges]:
-    """Run the sweep `cfg` (a `perturbation` config) on `data` (a dmlight.data.Splits).
+class HookSweep:
+    """Correct predictions on one split, unperturbed and under many points, for any model: a
+    forward hook on `module` perturbs its output during a full forward pass per point.
+
+    `batches` is a list of (x, y) on the model's device; `model(x)` must return logits
+    (n, classes). `ranges_of` as in SplitSweep, applied to `module`'s output.
+
+    Example:
+        >>> from dmlight.perturbation import stack_values
+        >>> model = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2)).eval()
+        >>> sweep = HookSweep(model, model[0], [(torch.rand(20, 4), torch.randint(0, 2, (20,)))], model[1])
+        >>> len(sweep.correct(**stack_values("scale", [0.5, 2.0], sweep.unit_ranges())))
+        2
+    """
+
+    def __init__(self, model: nn.Module, module: nn.Module, batches: list, ranges_of: nn.Module | None = None):
+        self.model, self.module, self.batches = model, module, batches
+        self.n = sum(len(y) for _, y in batches)
+        seen: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+        def watch(_, __, out):
+            seen.append(unit_min_max(out if ranges_of is None else ranges_of(out.clone())))
+
+        self.baseline = self._count(watch)
+        self._ranges = UnitRanges(torch.stack([lo for lo, _ in seen]).amin(0),
+                                  torch.stack([hi for _, hi in seen]).amax(0))
+
+    def unit_ranges(self) -> UnitRanges:
+        return self._ranges
+
+    def correct(self, scale: torch.Tensor, offset: torch.Tensor, lower: torch.Tensor,
+                upper: torch.Tensor) -> list[int]:
+        """Correct predictions per point; each argument is (points, units), as `stack_values` gives."""
+        device = self.batches[0][0].device if self.batches else "cpu"
+        points = zip(*(t.to(device, torch.float32) for t in (scale, offset, lower, upper)))
+        return [self._count(lambda _, __, out, p=p: perturb(out, *p)) for p in points]
+
+    @torch.inference_mode()
+    def _count(self, hook) -> int:
+        handle = self.module.register_forward_hook(hook)
+        try:
+            correct = 0
+            for x, y in self.batches:
+                logits = self.model(x)
+                if not isinstance(logits, torch.Tensor) or logits.ndim != 2:
+                    raise TypeError(f"{type(self.model).__name__}(x) returned {type(logits).__name__}"
+                                    f"{tuple(logits.shape) if isinstance(logits, torch.Tensor) else ''}; the probe "
+                                    "needs logits (rows, classes)")
+                correct += int((logits.argmax(1) == y).sum())
+            return correct
+        finally:
+            handle.remove()
+
+
+def network_sweep(net: nn.Module, x: torch.Tensor, y: torch.Tensor, layer: str = "hidden", **kw) -> SplitSweep:
+    """A SplitSweep of a dmlight Network at `layer`, on its own site (`net.site`).
+
+    Example:
+        >>> from dmlight.models import build_model
+        >>> network_sweep(build_model("mlp", "abs"), torch.rand(9, 784), torch.zeros(9, dtype=torch.long)).n
+        9
+    """
+    from dmlight.probe import locate  # the probe resolves a layer name to the network's parts
+
+    trunk, tail, ranges_of = locate(net, layer, net.site).split(net)
+    return SplitSweep(trunk, tail, x, y, ranges_of, **kw)
+
+
+def sweep_rows(sweeps: dict, points: dict[str, list[float]], ranges: UnitRanges, unit: int | None = None,
+               epoch: int | None = None, log=print, label: str = "") -> list[dict]:
+    """The rows of perturbation.csv for `points` ({kind: magnitudes}) on each split's sweep
+    ({split: SplitSweep or HookSweep}), from the training set's `ranges`: a baseline row per
+    split, then one per point."""
+    rows = []
+    where = "all" if unit is None else unit
+    for split, sweep in sweeps.items():
+        n = sweep.n
+        rows.append({"epoch": epoch, "kind": "baseline", "magnitude": None, "split": split, "unit": "all",
+                     "accuracy": sweep.baseline / n})
+        for kind, magnitudes in points.items():
+            t0 = time.perf_counter()
+            accs = [c / n for c in sweep.correct(**stack_values(kind, magnitudes, ranges, unit))]
+            rows += [{"epoch": epoch, "kind": kind, "magnitude": p, "split": split, "unit": where,
+                      "accuracy": a} for p, a in zip(magnitudes, accs)]
+            if log:
+                at = "" if unit is None else f" unit {unit}"
+                how_many = f"{len(magnitudes)} point{'s' if len(magnitudes) > 1 else ''}"
+                log(f"[perturbation{' ' + label if label else ''}] {kind}{at} on {split} ({n} rows"
+                    f"{'' if epoch is None else f', epoch {epoch}'}): {how_many} in {time.perf_counter() - t0:.2f}s, "
+                    f"accuracy {100 * min(accs):.2f}%..{100 * max(accs):.2f}% "
+                    f"(unperturbed {100 * sweep.baseline / n:.2f}%)")
+    return rows
+
+
+def run_sweep(net: nn.Module, data, cfg, log=print, label: str = "", epoch: int | None = None,
+              points: dict | None = None) -> tuple[list[dict], UnitRanges]:
+    """Run the sweep `cfg` (a `perturbation` config) on a dmlight Network and `data` (a
+    dmlight.data.Splits), at the network's own site: the output of `cfg.layer` (default
+    `hidden`), or of the activation after it at the post_activation site.
 
     Returns the rows for perturbation.csv (one baseline row per split, then one per point)
-    and the training-set unit ranges the points were computed from. Leaves the network in
-    eval mode with its Perturbation layer at identity.
+    and the training-set unit ranges the points were computed from. `points` replaces the
+    config's grid (the coarse grid of sweeps during training). Leaves the network in eval mode.
 
     Example:
         >>> run = load_run("outputs/use_distance_metrics/mnist5k-raw/ReLU_Bias/seed0")   # doctest: +SKIP
         >>> cfg = compose_config(["perturbation=offset"]).perturbation                        # doctest: +SKIP
         >>> rows, ranges = run_sweep(run.model, load_data("mnist5k"), cfg)                     # doctest: +SKIP
     """
-    points = sweep_points(cfg, net.site, net.hidden_units)
+    layer = cfg.get("layer") or "hidden"
+    points = points or sweep_points(cfg, net.site, None)
     unit = cfg.get("unit")
     chunk_rows = cfg.get("chunk_rows") or DEFAULT_CHUNK_ROWS
     net.eval()
-    net.perturb.reset()
-    rows = []
-    train = SplitSweep(net, *data.split("train"), chunk_rows)
+    train = network_sweep(net, *data.split("train"), layer, chunk_rows=chunk_rows)
     ranges = train.unit_ranges()  # always the training set's, whichever splits are measured
-    for split in sweep_splits(cfg):
-        sweep = train if split == "train" else SplitSweep(net, *data.split(split), chunk_rows)
-        n = len(sweep.y)
-        rows.append({"kind": "baseline", "magnitude": None, "split": split, "unit": "all",
-                     "accuracy": sweep.baseline / n})
-        for kind, magnitudes in points.items():
-            t0 = time.perf_counter()
-            accs = [c / n for c in sweep.correct(**stack_values(kind, magnitudes, ranges, unit))]
-            rows += [{"kind": kind, "magnitude": p, "split": split, "unit": "all" if unit is None else unit,
-                      "accuracy": a} for p, a in zip(magnitudes, accs)]
-            if log:
-                where = "" if unit is None else f" unit {unit}"
-                how_many = f"{len(magnitudes)} point{'s' if len(magnitudes) > 1 else ''}"
-                log(f"[perturbation{' ' + label if label else ''}] {kind}{where} on {split} ({n} rows): "
-                    f"{how_many} in {time.perf_counter() - t0:.2f}s, "
-                    f"accuracy {100 * min(accs):.2f}%..{100 * max(accs):.2f}% "
-                    f"(unperturbed {100 * sweep.baseline / n:.2f}%)")
-    return rows, ranges
+    if unit is not None and not 0 <= unit < len(ranges.min):
+        raise PerturbationError(f"perturbation.unit={unit!r} is not a unit of {layer!r}; accepted: "
+                                f"0..{len(ranges.min) - 1}, or null for the whole layer.")
+    sweeps = {split: train if split == "train" else network_sweep(net, *data.split(split), layer, chunk_rows=chunk_rows)
+              for split in sweep_splits(cfg)}
+    return sweep_rows(sweeps, points, ranges, unit, epoch, log, label), ranges
 
 
 # ---------------------------------------------------------------- result files
@@ -176,31 +289,50 @@ def _fmt(value) -> str:
     return repr(float(value)) if isinstance(value, float) else str(value)
 
 
-def append_results(run_dir: str | Path, rows: list[dict]) -> Path:
-    """Append rows to <run_dir>/perturbation.csv (header when new), under a file lock so
-    parallel sweeps of one run never interleave. Rows already there are never rewritten."""
-    path = Path(run_dir) / RESULTS_FILE
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    for row in rows:
-        writer.writerow([_fmt(row[c]) for c in COLUMNS])
-    with open(path, "a", newline="") as f:
+def append_results(run_dir: str | Path, rows: list[dict], filename: str = RESULTS_FILE,
+                   columns: tuple[str, ...] = COLUMNS) -> Path:
+    """Append rows to <run_dir>/<filename> (header `columns` when new), under a file lock so
+    parallel sweeps of one run never interleave. Rows already there are never rewritten: a
+    file written by an older version keeps its own columns (one without `epoch` gets rows
+    without it)."""
+    path = Path(run_dir) / filename
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+", newline="") as f:
         try:
             import fcntl
 
             fcntl.flock(f, fcntl.LOCK_EX)
         except ImportError:  # no POSIX locks (Windows): appends still happen in one write
             pass
-        if f.tell() == 0:
-            f.write(",".join(COLUMNS) + "\n")
+        f.seek(0)
+        header = f.readline().strip()
+        f.seek(0, io.SEEK_END)
+        if header:
+            columns = tuple(header.split(","))
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        if not header:
+            writer.writerow(columns)
+        for row in rows:
+            writer.writerow([_fmt(row.get(c)) for c in columns])
         f.write(buf.getvalue())
         f.flush()
     return path
 
 
-def write_unit_ranges(run_dir: str | Path, ranges: UnitRanges) -> Path:
+def recorded_epochs(run_dir: str | Path, filename: str = RESULTS_FILE) -> set[int]:
+    """The epochs that already have sweep rows in <run_dir>/<filename> (a resumed run skips them)."""
+    path = Path(run_dir) / filename
+    if not path.exists():
+        return set()
+    with open(path, newline="") as f:
+        return {int(r["epoch"]) for r in csv.DictReader(f) if (r.get("epoch") or "").strip()}
+
+
+def write_unit_ranges(run_dir: str | Path, ranges: UnitRanges, filename: str = RANGES_FILE) -> Path:
     """Write <run_dir>/unit_ranges.csv (unit, min, max, range), replacing it atomically."""
-    path = Path(run_dir) / RANGES_FILE
+    path = Path(run_dir) / filename
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, RANGE_COLUMNS, lineterminator="\n")

@@ -3,7 +3,8 @@ import math
 import pytest
 import torch
 
-from dmlight.layers import (Abs, Neg, OffsetL2, Perturbation, offset_l2, offset_l2_block_rows,
+from dmlight.sweep_engine import perturb
+from dmlight.layers import (Abs, Neg, OffsetL2, offset_l2, offset_l2_block_rows,
                             stacked_input_grad, stacked_linear, stacked_weight_grad)
 
 
@@ -43,32 +44,23 @@ def test_offset_l2_init():
     assert abs(layer.mu.mean().item()) < 0.01
 
 
-def test_perturbation_is_exactly_identity_until_set():
-    p = Perturbation(4)
-    x = torch.randn(10, 4) * 1e3
-    assert p.is_identity and torch.equal(p(x), x)
-    p.set(scale=torch.tensor([2.0, 1.0, 1.0, 1.0]), offset=1.0, upper=torch.tensor([9.0, 9.0, 9.0, 0.5]))
-    y = p(torch.ones(1, 4))
-    assert y.tolist() == [[3.0, 2.0, 2.0, 0.5]]
-    p.reset()
-    assert p.is_identity and torch.equal(p(x), x)
+def test_perturb_formula_per_unit_on_features_and_conv_channels():
+    inf = math.inf
+    scale, offset = torch.tensor([2.0, 1.0, 1.0, 1.0]), torch.ones(4)
+    lower, upper = torch.full((4,), -inf), torch.tensor([9.0, 9.0, 9.0, 0.5])
+    assert perturb(torch.ones(1, 4), scale, offset, lower, upper).tolist() == [[3.0, 2.0, 2.0, 0.5]]
+    # A conv map (n, channels, h, w): channel c gets unit c's values at every position.
+    maps = torch.ones(2, 4, 3, 5)
+    out = perturb(maps, scale, offset, lower, upper)
+    assert out.shape == maps.shape
+    assert [out[:, c].unique().tolist() for c in range(4)] == [[3.0], [2.0], [2.0], [0.5]]
 
 
-def test_perturbation_arithmetic_at_identity_values_is_also_exact():
-    # The sweep computes scale*x+offset even at the identity point: it must give x bit for bit.
-    p = Perturbation(3)
-    p.set(scale=1.0, offset=0.0)
-    x = torch.randn(100, 3)
-    assert not p.is_identity and torch.equal(p(x), x)
-
-
-def test_perturbation_rejects_unknown_values():
-    with pytest.raises(ValueError, match="accepted: .*offset"):
-        Perturbation(2).set(shift=1.0)
-
-
-def test_perturbation_buffers_stay_out_of_checkpoints():
-    assert Perturbation(3).state_dict() == {}
+def test_perturb_at_identity_values_is_exact():
+    # A sweep computes scale*x+offset even at the identity point: it must give x bit for bit.
+    x = torch.randn(100, 3) * 1e3
+    identity = (torch.ones(3), torch.zeros(3), torch.full((3,), -math.inf), torch.full((3,), math.inf))
+    assert torch.equal(perturb(x, *identity), x)
 
 
 def _linear_grads(x, weight, bias, grad_out, input_grad: bool):

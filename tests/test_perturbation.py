@@ -18,7 +18,7 @@ from dmlight import perturbation, sweep_engine
 from dmlight.perturbation import (PerturbationError, UnitRanges, expand_grid, perturbation_values, stack_values,
                                   sweep_points)
 from dmlight.probe import PerturbationSweep
-from dmlight.sweep_engine import COLUMNS, RANGE_COLUMNS, SplitSweep, read_results, run_sweep
+from dmlight.sweep_engine import COLUMNS, RANGE_COLUMNS, network_sweep, read_results, run_sweep
 from dmlight.train import train
 from tests.conftest import run_module, train_cfg
 
@@ -57,13 +57,22 @@ def loaded(run_dir):
 
 @torch.inference_mode()
 def naive_counts(net, x, y, values) -> list[int]:
-    """The reference: set the network's own Perturbation layer, run the whole network, argmax."""
+    """The reference: the whole network with clamp(out * scale + offset, lower, upper) at its site (the
+    hidden Linear's output, or the activation's at post_activation) by a hook written here, argmax."""
     counts = []
+    at = net.hidden if net.site == "pre_activation" else net.activation
     for i in range(len(values["scale"])):
-        net.perturb.set(**{name: v[i] for name, v in values.items()})
+        s, t, lo, hi = (values[k][i] for k in ("scale", "offset", "lower", "upper"))
+        handle = at.register_forward_hook(lambda m, inp, out: torch.clamp(out * s + t, min=lo, max=hi))
         counts.append(int((net(x).argmax(1) == y).sum()))
-    net.perturb.reset()
+        handle.remove()
     return counts
+
+
+def perturbed(ranges, kind, p, h):
+    """clamp(h * scale + offset, lower, upper) with one point's values (the reference's formula)."""
+    v = perturbation_values(kind, p, ranges)
+    return torch.clamp(h * v["scale"] + v["offset"], min=v["lower"], max=v["upper"])
 
 
 def grid(name: str, **keys) -> dict:
@@ -106,17 +115,15 @@ def test_offset_keeps_max_and_moves_zero_point_by_p_range():
         net.hidden.weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, -1.0]]))
         net.hidden.bias.copy_(torch.tensor([0.0, 1.0, 0.0]))
     x = torch.tensor([[0.0, 0.0], [4.0, 2.0], [2.0, 1.0]])  # pre-activations (0,1,0), (4,3,-6), (2,2,-3)
-    ranges = SplitSweep(net, x, torch.zeros(3, dtype=torch.long)).unit_ranges()
+    ranges = network_sweep(net, x, torch.zeros(3, dtype=torch.long)).unit_ranges()
     assert ranges.min.tolist() == [0.0, 1.0, 0.0] and ranges.max.tolist() == [4.0, 3.0, 0.0]
     for p in (-0.5, 0.25, 1.0):
-        net.perturb.set(**perturbation_values("offset", p, ranges))
-        at_max = net.perturb(torch.tensor([[4.0, 3.0, -6.0]]))[0]
-        at_zero = net.perturb(torch.zeros(1, 3))[0]
+        at_max = perturbed(ranges, "offset", p, torch.tensor([[4.0, 3.0, -6.0]]))[0]
+        at_zero = perturbed(ranges, "offset", p, torch.zeros(1, 3))[0]
         assert at_max[:2].tolist() == [4.0, 3.0]  # the max stays where it was
         assert at_zero[:2].tolist() == pytest.approx([p * 4.0, p * 2.0])  # zero moves by p * range
         # The never-active unit (max 0) is left as it is: scale 1, offset 0.
         assert at_max[2].item() == -6.0 and at_zero[2].item() == 0.0
-    net.perturb.reset()
     # clip: c = min + p * range; scale: s = p.
     assert perturbation_values("clip", 0.5, ranges)["upper"].tolist() == [2.0, 2.0, 0.0]
     assert perturbation_values("scale", 0.3, ranges)["scale"].tolist() == pytest.approx([0.3] * 3)
@@ -138,7 +145,7 @@ def test_identity_points_give_exactly_the_unperturbed_accuracy(use_run, learn_ru
             (use_run, {"scale": [1.0], "offset": [0.0], "clip": [1.0, 1.5, 10.0]}),
             (learn_run, {"clamp_min": [0.0], "clamp_max": [1.0]})):
         net = loaded(run_dir)
-        sweep = SplitSweep(net, digits.x_train, digits.y_train)
+        sweep = network_sweep(net, digits.x_train, digits.y_train)
         baseline = sweep.baseline
         assert baseline == round(summary["train_acc"] * len(digits.y_train))  # the run's own full forward
         ranges = sweep.unit_ranges()
@@ -158,8 +165,8 @@ def test_sweep_engine_equals_a_naive_full_forward_for_every_kind(use_run, learn_
                              .perturbation, site)
         for split in ("train", "test"):
             x, y = digits.split(split)
-            sweep = SplitSweep(net, x, y, chunk_rows=700)  # ragged chunks
-            ranges = SplitSweep(net, digits.x_train, digits.y_train).unit_ranges()
+            sweep = network_sweep(net, x, y, chunk_rows=700)  # ragged chunks
+            ranges = network_sweep(net, digits.x_train, digits.y_train).unit_ranges()
             for unit in units:
                 for kind in kinds:
                     points = grids[kind] if unit is None and split == "train" else grids[kind][::4]
@@ -174,7 +181,7 @@ def test_sweep_engine_is_exact_on_other_architectures(arch, activation, site, di
     torch.manual_seed(1)
     net = build_model(arch, activation, arch.startswith("mlp"), site=site).eval()
     x, y = digits.x_test[:600], digits.y_test[:600]
-    sweep = SplitSweep(net, x, y, chunk_rows=256, workers=1)  # one thread, intra-op threads
+    sweep = network_sweep(net, x, y, chunk_rows=256, workers=1)  # one thread, intra-op threads
     ranges = sweep.unit_ranges()
     for kind in (USE if site == "pre_activation" else LEARN):
         values = stack_values(kind, [-0.3, 0.02, 0.4, 0.9] if kind == "offset" else [0.02, 0.3, 0.7], ranges)
@@ -190,7 +197,7 @@ def test_ties_between_classes_are_settled_as_a_full_forward_pass(digits):
         net.head.weight[1::2] = net.head.weight[0::2]
         net.head.bias[1::2] = net.head.bias[0::2]
     x, y = digits.x_train[:1500], digits.y_train[:1500]
-    sweep = SplitSweep(net, x, y)
+    sweep = network_sweep(net, x, y)
     ranges = sweep.unit_ranges()
     for kind, points in (("scale", [0.05, 0.5, 2.0]), ("clip", [0.3, 0.7]), ("offset", [-0.1, 0.2])):
         values = stack_values(kind, points, ranges)
@@ -218,7 +225,8 @@ def test_docstring_examples_run():
 def test_callback_writes_every_point_and_the_unit_ranges(use_run, learn_run, digits):
     run_dir, summary = use_run
     with open(run_dir / "perturbation.csv") as f:
-        assert tuple(next(csv.reader(f))) == COLUMNS
+        assert tuple(next(csv.reader(f))) == COLUMNS == ("epoch", "kind", "magnitude", "split", "unit", "accuracy")
+    assert {r["epoch"] for r in read_results(run_dir)} == {"300"}  # one sweep, after the 300 epochs
     rows = read_results(run_dir)
     for split in ("train", "test"):
         counts = {k: len(rows_of(run_dir, kind=k, split=split, unit="all")) for k in ("baseline",) + USE}
@@ -273,10 +281,25 @@ def test_perturb_multirun_appends_one_row_per_point(use_run, tmp_path):
     after = (copy / "perturbation.csv").read_text()
     assert after.startswith(before)  # never clobbered
     new = list(csv.reader(after[len(before):].splitlines()))
-    assert [r[:4] for r in new] == [["baseline", "", "train", "all"], ["offset", "0.05", "train", "all"],
-                                    ["baseline", "", "train", "all"], ["offset", "-0.05", "train", "all"]]
+    # epoch: the saved network's 300 training epochs, as the callback's rows say
+    assert [r[:5] for r in new] == [["300", "baseline", "", "train", "all"], ["300", "offset", "0.05", "train", "all"],
+                                    ["300", "baseline", "", "train", "all"], ["300", "offset", "-0.05", "train", "all"]]
     written = {r["magnitude"]: r["accuracy"] for r in rows_of(run_dir, kind="offset", split="train")}
-    assert [r[4] for r in new[1::2]] == [written["0.05"], written["-0.05"]]
+    assert [r[5] for r in new[1::2]] == [written["0.05"], written["-0.05"]]
+
+
+def test_a_file_of_an_older_version_keeps_its_columns(use_run, tmp_path):
+    """perturbation.csv written before the epoch column: rows appended to it keep its five columns."""
+    run_dir, _ = use_run
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    old = "kind,magnitude,split,unit,accuracy\nbaseline,,train,all,0.5\n"
+    (copy / "perturbation.csv").write_text(old)
+    cfg = compose_config(["perturbation=offset", "perturbation.magnitude=0.05"]).perturbation
+    perturb(copy, cfg, device="cpu", log=None)
+    lines = (copy / "perturbation.csv").read_text().splitlines()
+    assert lines[:2] == old.splitlines() and len(lines) == 4
+    assert lines[3].startswith("offset,0.05,train,all,") and len(lines[3].split(",")) == 5
 
 
 def test_perturb_refuses_what_does_not_fit_with_a_clear_message(use_run, learn_run, tmp_path):
