@@ -115,6 +115,10 @@ def test_figures_and_markdown_section(emerging):
 # +10% (the coarse grid); at epoch 400 the same points plus others (the full grid).
 POINTS = (("baseline", np.nan), ("scale", 0.1), ("scale", 1.0), ("clip", 0.5), ("clip", 1.0), ("offset", -0.1),
           ("offset", 0.0), ("offset", 0.1))
+ABS_SEED_7 = {0: (11.0, 11.0, 11.0, 11.0, 11.0, 11.0, 11.0, 11.0),
+              150: (90.0, 89.5, 90.0, 88.0, 90.0, 60.0, 90.0, 65.0),
+              300: (99.0, 98.9, 99.0, 98.0, 99.0, 80.0, 99.0, 78.0),
+              400: (99.9, 99.8, 99.9, 99.5, 99.9, 86.0, 99.9, 81.0)}
 LITERAL = {
     "ReLU_Bias": {
         (3, 0): (10.0, 10.05, 10.0, 9.98, 10.0, 9.5, 10.0, 9.8),
@@ -125,11 +129,9 @@ LITERAL = {
         (4, 150): (82.0, 81.5, 82.0, 81.0, 82.0, 76.0, 82.0, 70.0),
         (4, 300): (96.0, 95.0, 96.0, 95.5, 96.0, 84.0, 96.0, 88.0),
         (4, 400): (98.4, 98.3, 98.4, 98.2, 98.4, 96.4, 98.4, 96.0)},
-    "Abs_Bias": {(seed, epoch): tuple(a - i for a in acc) for i, seed in enumerate((7, 8, 9)) for epoch, acc in (
-        (0, (11.0, 11.0, 11.0, 11.0, 11.0, 11.0, 11.0, 11.0)),
-        (150, (90.0, 89.5, 90.0, 88.0, 90.0, 60.0, 90.0, 65.0)),
-        (300, (99.0, 98.9, 99.0, 98.0, 99.0, 80.0, 99.0, 78.0)),
-        (400, (99.9, 99.8, 99.9, 99.5, 99.9, 86.0, 99.9, 81.0)))}}
+    # seeds 7, 8, 9: seed 7's numbers lowered by 0, 1 and 3 pp (the same drops; a mean that is not the median)
+    "Abs_Bias": {(seed, epoch): tuple(a - lower for a in acc) for lower, seed in zip((0, 1, 3), (7, 8, 9))
+                 for epoch, acc in ABS_SEED_7.items()}}
 FULL_ONLY = (("scale", 0.05), ("scale", 0.5), ("clip", 0.25), ("clip", 0.75), ("offset", -0.2), ("offset", -0.05),
              ("offset", 0.05), ("offset", 0.2))  # swept at epoch 400 only (at 50%, off the heatmap's grid)
 
@@ -170,7 +172,7 @@ def test_emergence_csv_is_the_mean_over_seeds_of_the_numbers_written(literal):
     assert _cell(t, "ReLU_Bias", "clip", 300, 0.5).accuracy_pct_mean == pytest.approx((94.5 + 95.5) / 2)
     assert _cell(t, "ReLU_Bias", "baseline", 400).accuracy_pct_mean == pytest.approx((98.0 + 98.4) / 2)
     assert _cell(t, "ReLU_Bias", "scale", 400, 0.1).accuracy_pct_mean == pytest.approx((97.9 + 98.3) / 2)
-    assert _cell(t, "Abs_Bias", "offset", 300, 0.1).accuracy_pct_mean == pytest.approx((78.0 + 77.0 + 76.0) / 3)
+    assert _cell(t, "Abs_Bias", "offset", 300, 0.1).accuracy_pct_mean == pytest.approx((78.0 + 77.0 + 75.0) / 3)
     assert _cell(t, "Abs_Bias", "offset", 300, 0.1).n == 3 and _cell(t, "ReLU_Bias", "offset", 300, 0.1).n == 2
     # every cell, from the literal table
     for model, runs in LITERAL.items():
@@ -203,7 +205,7 @@ def test_sensitivity_ratio_csv_is_claim_4s_formula(literal):
     want = max((98 - 96 + 98.4 - 96.4) / 2, (98 - 96.5 + 98.4 - 96) / 2) / max((98 - 97.9 + 98.4 - 98.3) / 2,
                                                                              (98 - 97.8 + 98.4 - 98.2) / 2, floor)
     assert relu.loc[400, "ratio"] == pytest.approx(want)
-    abs_ = r[r.model == "Abs_Bias"].set_index("epoch")  # seeds 7, 8, 9 lower every number by 0, 1, 2: drops alike
+    abs_ = r[r.model == "Abs_Bias"].set_index("epoch")  # seeds 7, 8, 9 lower every number by 0, 1, 3: drops alike
     assert abs_.loc[150, "ratio"] == pytest.approx(max(90 - 60, 90 - 65) / max(90 - 89.5, 90 - 88, floor))
     assert list(abs_.n) == [3, 3, 3, 3] and list(relu.n) == [2, 2, 2, 2]
 
@@ -235,9 +237,10 @@ def test_old_format_loads_as_one_final_sweep_and_no_section(tmp_path):
     outs = {name: build_report([tmp_path / name]) for name in ("old", "one")}
     for name, out in outs.items():
         assert load_runs([tmp_path / name]).sweeps.empty
-        assert not (out / "tables" / "emergence.csv").exists() and not (out / "tables" / "sensitivity_ratio.csv").exists()
-        assert not list((out / "figures").glob("emergence_*")) and not (out / "figures" / "sensitivity_ratio.png").exists()
+        assert not list((out / "tables").glob("emergence*")) and not list((out / "tables").glob("sensitivity*"))
+        assert not list((out / "figures").glob("emergence*")) and not list((out / "figures").glob("sensitivity*"))
         assert SECTION not in (out / "report.md").read_text()
         assert (pd.read_csv(out / "scorecard.csv").status.iloc[:4] == "replicated").all()
     for name in ("scorecard.csv", "tables/use_offset.csv", "tables/perturbation_curves.csv", "tables/baseline.csv"):
         assert (outs["old"] / name).read_bytes() == (outs["one"] / name).read_bytes(), name
+

@@ -25,7 +25,8 @@ USED = {("offset", -0.10): "offset_minus_used", ("offset", 0.10): "offset_plus_u
 RATIO_COLUMNS = GROUP + ["epoch", "n", "distance_pp", "intensity_pp", "ratio", *USED.values()]
 KINDS = ("baseline", "scale", "clip", "offset", "clamp_min", "clamp_max")  # table and panel order
 IDENTITY = {"scale": 1.0, "clip": 1.0, "offset": 0.0, "clamp_min": 0.0, "clamp_max": 1.0}  # the unperturbed point
-AXIS = {"scale": ("intensity", "scale (% of the pre-activation)"), "clip": ("intensity", "clip (% of the unit's range)"),
+AXIS = {"scale": ("intensity", "scale (% of the pre-activation)"),
+        "clip": ("intensity", "clip (% of the unit's range)"),
         "offset": ("distance", "offset (% of the unit's range)"),
         "clamp_min": ("distance-like", "clamp_min level (% of the layer's range)"),
         "clamp_max": ("intensity-like", "clamp_max level (% of the layer's range)")}
@@ -137,7 +138,9 @@ def _heatmap(ax, grid: pd.DataFrame, kind: str):
     ax.set_facecolor("0.85")  # a cell no run swept
     if log:
         ax.set_xscale("log")
-        ax.xaxis.set_major_locator(FixedLocator([10.0 ** k for k in range(-4, 5) if edges[0] <= 10.0 ** k <= edges[-1]]))
+        ticks = [10.0 ** k for k in range(-4, 5) if edges[0] <= 10.0 ** k <= edges[-1]]
+        ticks = ticks if len(ticks) >= 2 else x[::math.ceil(len(x) / 6)]  # less than a decade: the points swept
+        ax.xaxis.set_major_locator(FixedLocator(ticks))
         ax.xaxis.set_minor_formatter(NullFormatter())
     ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: _pct(v, kind)))
     ax.set_xlim(edges[0], edges[-1])
@@ -167,7 +170,7 @@ def plot_emergence(table: pd.DataFrame, figures: Path) -> list[Path]:
         g = _of(t, key)
         kinds = sorted(g.kind.unique(), key=_kind_key)
         n_epochs = g.epoch.nunique()
-        fig, axes = plt.subplots(1, len(kinds), figsize=(4.6 * len(kinds) + 1.2, min(9.0, 2.6 + 0.22 * n_epochs)),
+        fig, axes = plt.subplots(1, len(kinds), figsize=(4.6 * len(kinds) + 1.2, min(9.0, max(3.8, 2.6 + 0.22 * n_epochs))),
                                  squeeze=False, constrained_layout=True)
         for ax, kind in zip(axes[0], kinds):
             grid = g[g.kind == kind].pivot(index="epoch", columns="magnitude", values="accuracy_pct_mean")
@@ -185,7 +188,7 @@ def plot_emergence(table: pd.DataFrame, figures: Path) -> list[Path]:
 def plot_sensitivity(table: pd.DataFrame, figures: Path, th: Thresholds = THRESHOLDS) -> list[Path]:
     """figures/sensitivity_ratio.png: USE claim 4's ratio vs epoch, one line per model, the claim's threshold
     dashed; symlog y (log above 1, linear through 0, where an untrained network's ratio may lie)."""
-    from matplotlib.ticker import FuncFormatter
+    from matplotlib.ticker import FixedLocator, FuncFormatter
     t = table.dropna(subset=["ratio"])
     if not len(t):
         return []
@@ -203,7 +206,10 @@ def plot_sensitivity(table: pd.DataFrame, figures: Path, th: Thresholds = THRESH
     ax.axhline(th.sensitivity_ratio, color="k", ls="--", lw=1,
                label=f"USE claim 4 needs at least this ({th.named('sensitivity_ratio')})")
     ax.set_yscale("symlog", linthresh=1.0, linscale=0.5)
-    ax.set_ylim(bottom=min(0.0, 1.5 * t.ratio.min()) - 0.2)
+    bottom, top = min(0.0, 1.5 * float(t.ratio.min())) - 0.2, 1.6 * max(float(t.ratio.max()), th.sensitivity_ratio)
+    ax.set_ylim(bottom, top)
+    steps = [m * 10.0 ** k for k in range(7) for m in (1, 3)]  # 1, 3, 10, 30, ...: labels at every half decade
+    ax.yaxis.set_major_locator(FixedLocator([-v for v in steps if -v >= bottom] + [0.0] + [v for v in steps if v <= top]))
     ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
     ax.set(xlabel="epoch (training epochs completed)", ylabel="offset drop / intensity drop (x)")
     ax.set_title("Offset vs intensity sensitivity during training (USE claim 4's ratio)\n"
@@ -251,8 +257,8 @@ def markdown_section(tables: dict, fig: dict, th: Thresholds = THRESHOLDS) -> li
                   "the final sweep at the same magnitudes), columns are magnitudes, colour is mean train accuracy over "
                   "seeds; the dashed line marks the unperturbed network. Follow the bright (accurate) region up the "
                   "rows: a distance code shows as the offset panel's bright band narrowing around 0 while scale "
-                  "stays bright from 10% up and clip from 50% up (LEARN's clamp_min and clamp_max panels read alike: how far "
-                  "from the dashed edge accuracy holds).", ""]
+                  "stays bright from 10% up and clip from 50% up (LEARN's clamp_min and clamp_max panels read alike: "
+                  "how far from the dashed edge accuracy holds).", ""]
         lines += [f"![{k}]({fig[k]})\n" for k in heat]
     if "sensitivity_ratio" in fig:
         t = tables["sensitivity_ratio"]
