@@ -244,3 +244,15 @@ def test_old_format_loads_as_one_final_sweep_and_no_section(tmp_path):
     for name in ("scorecard.csv", "tables/use_offset.csv", "tables/perturbation_curves.csv", "tables/baseline.csv"):
         assert (outs["old"] / name).read_bytes() == (outs["one"] / name).read_bytes(), name
 
+
+def test_a_run_without_its_final_sweep_is_warned_about(tmp_path):
+    """In-training sweeps but none at the run's last epoch: its final sweep is an earlier one, and report.md says so."""
+    for model, seeds in (("ReLU_Bias", (3, 4)), ("Abs_Bias", (7, 8, 9))):
+        for seed in seeds:
+            sweep = _literal_sweep(model, seed)
+            _use_run(tmp_path, model, seed, sweep[sweep.epoch < 400] if (model, seed) == ("Abs_Bias", 8) else sweep)
+    md = (build_report([tmp_path]) / "report.md").read_text()
+    warned = [line for line in md.splitlines() if "swept during training but not at their last epoch" in line]
+    assert warned == ["> **Warning:** Abs_Bias [use_distance_metrics]: 1 run(s) swept during training but not at their "
+                      "last epoch (their last sweep: epoch 300 of 400): the tables and the scorecard read that earlier "
+                      "sweep"]
