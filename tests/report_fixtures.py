@@ -148,3 +148,31 @@ def make_learn_runs(root: Path, models=LEARN_NO_BIAS + tuple(m + "_Bias" for m i
             "learn_distance_metrics"
         for seed, acc in enumerate(exact(*accuracy[model], n)):
             make_run(root, experiment, model, seed, test_acc=acc / 100, dead_outputs=dead_outputs.get(model, 0))
+
+
+# Sweeps during training (perturbation.every_n_epochs): a coarse part of each grid, then the full grid at the end.
+COARSE_LOG_GRID = LOG_GRID[::3]        # 34 of the 100 points, 1% and 1000% included
+COARSE_OFFSET_GRID = OFFSET_GRID[::4]  # 32 of the 125 points, 0 included
+SWEEP_COLUMNS = ["epoch", "kind", "magnitude", "split", "unit", "accuracy"]  # perturbation.csv since `epoch`
+
+
+def training_sweeps(model: str, seed: int, epochs=(0, 150, 300), final_epoch: int = 400) -> pd.DataFrame:
+    """perturbation.csv (with `epoch`) of a USE run that swept at `epochs` during training on the coarse grids, then
+    at final_epoch use_sweep's full sweep (which replicates every USE claim). With f = epoch / final_epoch, the
+    unperturbed accuracy climbs from chance (10%) to the published one and the offset curve is the published one at
+    magnitude * sqrt(f): flat before training, its dip narrowing as the distance code appears."""
+    rng = np.random.default_rng(100 + seed)
+    rows = []
+    for e in epochs:
+        f = e / final_epoch
+        progress = (1 - np.exp(-6 * f)) / (1 - np.exp(-6))
+        for split, below in (("train", 0.0), ("test", 3.0)):
+            curve = {"baseline": np.array([pub.USE_BASELINE[model]["train"][0]])}
+            for kind, grid in (("scale", COARSE_LOG_GRID), ("clip", COARSE_LOG_GRID), ("offset", COARSE_OFFSET_GRID)):
+                curve[kind] = published_curve(model, kind, grid * np.sqrt(f) if kind == "offset" else grid)
+            for kind, acc in curve.items():
+                grid = {"baseline": [np.nan], "offset": COARSE_OFFSET_GRID}.get(kind, COARSE_LOG_GRID)
+                acc = 10 + (acc - below - 10) * progress + rng.normal(0, 0.05, len(acc))
+                rows += [(e, kind, m, split, "all", a / 100) for m, a in zip(grid, np.clip(acc, 0, 100))]
+    final = use_sweep(model, seed).assign(epoch=final_epoch)
+    return pd.concat([pd.DataFrame(rows, columns=SWEEP_COLUMNS), final[SWEEP_COLUMNS]], ignore_index=True)

@@ -25,8 +25,14 @@ Output, in report/ inside the first folder (or report.out):
     report.md       one page: scorecard, every table, every figure
     scorecard.csv   paper, claim_id, claim, status, evidence, threshold
     tables/*.csv    every table as data (runs, incomplete_runs, diverged, diverged_runs, baseline, use_scale,
-                    use_clip, use_offset, perturbation_curves, learn_accuracy, learn_pairs, units)
-    figures/*.png and *.pdf   perturbation, clamp (when swept), test_accuracy, learning_curves_<experiment>
+                    use_clip, use_offset, perturbation_curves, learn_accuracy, learn_pairs, units; emergence and
+                    sensitivity_ratio when some run swept during training)
+    figures/*.png and *.pdf   perturbation, clamp (when swept), test_accuracy, learning_curves_<experiment>;
+                    emergence_<model> and sensitivity_ratio when some run swept during training
+
+perturbation.csv may hold several sweeps, by `epoch` (training epochs completed when it ran; a file without the
+column holds one): every table, figure and claim of the trained network reads each run's final sweep (its largest
+epoch); the sweeps made during training (perturbation.every_n_epochs) feed emergence.py only.
 
 One module per job:
     load.py        find run folders and read them (through dmlight.rundir)
@@ -35,6 +41,7 @@ One module per job:
     thresholds.py  the scorecard's thresholds, each with its value and why, stated once
     checks.py, claims.py   the scorecard: one function per claim, registered in CLAIMS
     figures.py, markdown.py, wandb_run.py   the figures, report.md, the W&B run
+    emergence.py   the sweeps made during training: accuracy heatmaps, claim 4's ratio by epoch, their section
     build.py, cli.py       build_report and the command line
 """
 from dmlight.loggers import wandb_mode
@@ -42,9 +49,11 @@ from dmlight.report.build import all_tables, build_report
 from dmlight.report.checks import NOT_REPLICATED, NOT_RUN, NOT_RUN_DIVERGED, REPLICATED, STATUSES
 from dmlight.report.claims import CLAIMS, Claim, Result, scorecard
 from dmlight.report.cli import main
+from dmlight.report.emergence import (emergence_table, emergence_tables, plot_emergence, plot_sensitivity,
+                                     sensitivity_table)
 from dmlight.report.figures import plot_learning_curves, plot_perturbation, plot_test_accuracy
 from dmlight.report.groups import EXPERIMENT_ORDER, MODEL_ORDER, SPLIT, USE_KINDS, diverged_text
-from dmlight.report.load import Runs, find_run_dirs, load_runs
+from dmlight.report.load import Runs, final_sweep, find_run_dirs, load_runs, read_perturbation
 from dmlight.report.markdown import md_table, write_markdown
 from dmlight.report.tables import (DEFAULT_PAIRS, baseline_table, divergence_table, diverged_runs_table, learn_table,
                                    pairs_table, perturbation_curves, provenance_table, runs_table, units_table,
@@ -58,4 +67,5 @@ __all__ = ["build_report", "all_tables", "load_runs", "find_run_dirs", "Runs", "
            "pairs_table", "units_table", "provenance_table", "divergence_table", "diverged_runs_table", "DEFAULT_PAIRS", "diverged_text",
            "plot_perturbation", "plot_learning_curves", "plot_test_accuracy", "md_table", "write_markdown",
            "wandb_payload", "log_to_wandb", "wandb_mode", "main", "EXPERIMENT_ORDER", "MODEL_ORDER", "SPLIT",
-           "USE_KINDS"]
+           "USE_KINDS", "read_perturbation", "final_sweep", "emergence_table", "sensitivity_table", "emergence_tables",
+           "plot_emergence", "plot_sensitivity"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from dmlight.report.claims import scorecard
+from dmlight.report.emergence import draw_emergence, emergence_tables
 from dmlight.report.figures import draw_all
 from dmlight.report.groups import USE_KINDS, experiment_key, warnings
 from dmlight.report.load import Runs, load_runs, log
@@ -17,13 +18,14 @@ from dmlight.report.wandb_run import log_to_wandb, wandb_payload
 
 
 def all_tables(data: Runs, pairs=(), th: Thresholds = THRESHOLDS) -> dict:
-    """Every table of the report by its CSV name (tables/<name>.csv); `pairs` adds (a, b) to the LEARN t-tests."""
+    """Every table of the report by its CSV name (tables/<name>.csv); `pairs` adds (a, b) to the LEARN t-tests.
+    emergence and sensitivity_ratio only when some run swept during training."""
     return {"runs": runs_table(data), "incomplete_runs": data.incomplete, "diverged": divergence_table(data),
             "diverged_runs": diverged_runs_table(data), "baseline": baseline_table(data),
             **{f"use_{k}": use_point_table(data, k, th) for k in USE_KINDS},
             "perturbation_curves": perturbation_curves(data), "learn_accuracy": learn_table(data),
             "learn_pairs": pairs_table(data, list(DEFAULT_PAIRS) + list(pairs or [])), "units": units_table(data),
-            "provenance": provenance_table(data)}
+            "provenance": provenance_table(data), **emergence_tables(data, th)}
 
 
 def _log_runs(data: Runs, dirs) -> None:
@@ -61,7 +63,7 @@ def build_report(dirs, out=None, wandb: bool = False, pairs=None, thresholds: Th
     card.to_csv(out / "scorecard.csv", index=False)
     log(f"tables written: {len(tables)} CSV files in {out / 'tables'}, scorecard in {out / 'scorecard.csv'}")
 
-    figures = draw_all(tables, data, out / "figures")
+    figures = draw_all(tables, data, out / "figures") + draw_emergence(tables, out / "figures", thresholds)
     log(f"figures written: {len(figures)} (png + pdf) in {out / 'figures'}")
 
     md = write_markdown(out, dirs, data, tables, card, figures, thresholds)

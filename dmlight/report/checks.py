@@ -3,6 +3,7 @@ on a drop curve, and the scorecard's statuses. The claims themselves are in clai
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import pandas as pd
 
@@ -60,13 +61,54 @@ def use_drops(data: Runs, model: str, kind: str):
         return None
     g = p[p.experiment == exp]
     base = baseline_acc(g)
-    k = g[g.kind == kind].dropna(subset=["magnitude"])
-    drop = pct(k.run.map(base) - k.accuracy)
-    drops = drop.groupby(k.magnitude).mean().dropna().sort_index()
+    drops = mean_drops(g, kind)
     if not len(drops) or not len(base):
         return None
     note = divergence_note(data, exp, model, USE_SITE)
     return f"{model} [{exp}, n={len(base)}" + (f", {note}" if note else "") + "]", drops
+
+
+def mean_drops(sweep: pd.DataFrame, kind: str) -> pd.Series:
+    """Mean drop (pp) of `kind`'s points from each run's own unperturbed accuracy, indexed by magnitude, over the
+    runs in `sweep` (whole-layer rows of one split, one sweep per run: its final one, or one epoch's)."""
+    base = baseline_acc(sweep)
+    k = sweep[sweep.kind == kind].dropna(subset=["magnitude"])
+    drop = pct(k.run.map(base) - k.accuracy)
+    return drop.groupby(k.magnitude).mean().dropna().sort_index()
+
+
+# USE claim 4's points: distance = the worse of offset -10% and +10%; intensity = the worse of scale 10%, clip 50%.
+DISTANCE_POINTS, INTENSITY_POINTS = (("offset", -0.10), ("offset", 0.10)), (("scale", 0.10), ("clip", 0.50))
+
+
+class Sensitivity(NamedTuple):
+    at: dict          # (kind, point) -> mean drop (pp) at the swept magnitude nearest the point
+    used: dict        # (kind, point) -> that swept magnitude
+    distance: float   # worst drop at offset ±10%
+    intensity: float  # worst drop at scale 10% and clip 50%
+    ratio: float      # distance / max(intensity, floor_pp)
+
+
+def sensitivity(drops: dict, th: Thresholds) -> Sensitivity | None:
+    """USE claim 4's offset-vs-intensity ratio from one model's mean drop curves (kind -> mean_drops), each point
+    matched to the nearest swept magnitude within match_rel_tol; None when a point is not swept. Drops are averaged
+    over runs first, then the ratio is taken (the ratio of the mean drops, not the mean of per-run ratios).
+
+        >>> d = {"offset": pd.Series([30.0, 20.0], [-0.1, 0.1]), "scale": pd.Series([2.0], [0.1]),
+        ...      "clip": pd.Series([5.0], [0.5])}
+        >>> sensitivity(d, Thresholds()).ratio
+        6.0
+    """
+    at, used = {}, {}
+    for kind, point in DISTANCE_POINTS + INTENSITY_POINTS:
+        curve = drops.get(kind)
+        m = None if curve is None else nearest(curve.index, point, th.match_rel_tol)
+        at[(kind, point)], used[(kind, point)] = (float(curve[m]), m) if m is not None else (math.nan, math.nan)
+    if any(math.isnan(v) for v in at.values()):
+        return None
+    distance = max(at[p] for p in DISTANCE_POINTS)
+    intensity = max(at[p] for p in INTENSITY_POINTS)
+    return Sensitivity(at, used, distance, intensity, distance / max(intensity, th.floor_pp))
 
 
 def no_sweep(data: Runs, model: str, what: str) -> str:

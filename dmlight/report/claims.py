@@ -21,7 +21,6 @@ import pandas as pd
 
 from dmlight import published as pub
 from dmlight.report import checks as ck
-from dmlight.report.groups import nearest
 from dmlight.report.load import Runs
 from dmlight.report.thresholds import THRESHOLDS, Thresholds
 from dmlight.stats import independent_ttest
@@ -112,20 +111,14 @@ def use_4(data: Runs, th: Thresholds = THRESHOLDS) -> Result:
             ev.append(ck.no_sweep(data, model, "missing sweep(s) " + ", ".join(k for k, v in got.items() if v is None)))
             continue
         label = got["offset"][0]
-        at = {}
-        for kind, point in (("offset", -0.10), ("offset", 0.10), ("scale", 0.10), ("clip", 0.50)):
-            used = nearest(got[kind][1].index, point, th.match_rel_tol)
-            at[(kind, point)] = got[kind][1][used] if used is not None else math.nan
-        if any(math.isnan(v) for v in at.values()):
+        s = ck.sensitivity({kind: v[1] for kind, v in got.items()}, th)
+        if s is None:
             checks.append(None)
             ev.append(f"{label}: offset ±10%, scale 10% or clip 50% not swept")
             continue
-        distance = max(at[("offset", -0.10)], at[("offset", 0.10)])
-        intensity = max(at[("scale", 0.10)], at[("clip", 0.50)])
-        ratio = distance / max(intensity, th.floor_pp)
-        checks.append(bool(distance >= th.drop_pp and ratio >= th.sensitivity_ratio))
-        ev.append(f"{label}: worst drop at offset ±10% {distance:.2f} pp vs scale 10% "
-                  f"{at[('scale', 0.10)]:.2f} pp / clip 50% {at[('clip', 0.50)]:.2f} pp: ratio {ratio:.1f}x")
+        checks.append(bool(s.distance >= th.drop_pp and s.ratio >= th.sensitivity_ratio))
+        ev.append(f"{label}: worst drop at offset ±10% {s.distance:.2f} pp vs scale 10% "
+                  f"{s.at[('scale', 0.10)]:.2f} pp / clip 50% {s.at[('clip', 0.50)]:.2f} pp: ratio {s.ratio:.1f}x")
     return Result(checks, ev, (
         f"worst drop at offset ±10% >= {th.named('drop_pp')} pp and >= {th.named('sensitivity_ratio')} x "
         f"max(drop at scale 10%, clip 50%, {th.named('floor_pp')})"))

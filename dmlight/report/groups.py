@@ -168,6 +168,18 @@ def _mixed_provenance(data: Runs) -> list[str]:
     return out
 
 
+def _early_final_sweeps(data: Runs) -> list[str]:
+    """Runs that swept during training but not at their last epoch (summary's `epochs`): their final sweep, which
+    every table and claim reads, is an earlier, coarser one."""
+    last = data.sweeps.groupby("run").epoch.max()
+    planned = pd.to_numeric(data.runs.set_index("run").epochs, errors="coerce").reindex(last.index)
+    early = data.runs.set_index("run").loc[last.index[planned.to_numpy() > last.to_numpy()]]
+    return [f"{model} [{exp}]: {len(g)} run(s) swept during training but not at their last epoch (their last sweep: "
+            + ", ".join(f"epoch {int(last[r])} of {int(planned[r])}" for r in g.index)
+            + "): the tables and the scorecard read that earlier sweep" for (exp, model), g in
+            early.groupby(["experiment", "model"])]
+
+
 def warnings(data: Runs) -> list[str]:
     """Things a reader must know before trusting a mean: mixed settings, variants, versions or devices in a group,
     repeated seeds."""
@@ -182,6 +194,7 @@ def warnings(data: Runs) -> list[str]:
         if len(repeats):
             out.append(f"{model} [{exp}] has repeated seeds (" + ", ".join(f"seed {s} x{c}" for s, c in repeats.items())
                        + "): the same run may have been copied twice")
+    out += _early_final_sweeps(data)
     p = data.perturbation
     swept = p[p.kind != "baseline"].groupby(["experiment", "model"]).run.unique()
     based = set(p[(p.kind == "baseline") & (p.split == SPLIT) & (p.unit == "all")].run)

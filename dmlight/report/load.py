@@ -37,6 +37,8 @@ DIVERGED_COLUMNS = ["path", "experiment", "model", "seed", "diverged_epoch", "di
                     "data", "preprocess", "epochs", "arch", "activation", "head_bias", "site"]
 KEY_COLUMNS = ["run", "experiment", "model"]
 METRICS_COLUMNS = list(rundir.METRICS_COLUMNS)
+PERTURBATION_COLUMNS = KEY_COLUMNS + ["site", "kind", "magnitude", "split", "unit", "accuracy"]
+SWEEP_COLUMNS = KEY_COLUMNS + ["site", "epoch", "kind", "magnitude", "split", "unit", "accuracy"]
 
 
 @dataclass
@@ -44,12 +46,16 @@ class Runs:
     """Everything read from the run folders. Accuracies stay fractions here; tables turn them into %."""
     runs: pd.DataFrame          # one row per complete run: run, path, experiment, model, seed, train_acc, ...
     metrics: pd.DataFrame       # run, experiment, model, epoch, train_loss, train_acc, test_acc
-    perturbation: pd.DataFrame  # run, experiment, model, site, kind, magnitude, split, unit, accuracy
+    perturbation: pd.DataFrame  # each run's final sweep: run, experiment, model, site, kind, magnitude, split, unit,
+    #                             accuracy
     units: pd.DataFrame         # run, experiment, model, layer, split, n, dead, rare
     incomplete: pd.DataFrame    # path, reason, experiment, seed, arch, activation, epochs_logged, ...
     # one row per diverged run (finished with a non-finite training loss): path, experiment, model, seed,
     # diverged_epoch, diverged_loss, ... (DIVERGED_COLUMNS); counted beside every mean, never in one
     diverged: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=DIVERGED_COLUMNS))
+    # every sweep (with its epoch) of the runs that also swept during training (perturbation.every_n_epochs); empty
+    # when none did
+    sweeps: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=SWEEP_COLUMNS))
 
 
 def find_run_dirs(dirs, skip=()) -> list[Path]:
@@ -113,12 +119,25 @@ def read_metrics(path: Path) -> pd.DataFrame:
 
 
 def read_perturbation(path: Path) -> pd.DataFrame:
-    """A run's perturbation.csv; a point appended more than once (a rerun of the sweep) counts once, the last time."""
+    """A run's perturbation.csv, every sweep in it: `epoch` is the number of training epochs completed when the sweep
+    ran (0 = before training; NaN in files older than the column, which hold one sweep, the final one). A point
+    appended more than once at the same epoch (a rerun of the sweep) counts once, the last time."""
     df = pd.read_csv(rundir.perturbation_path(path), dtype={"kind": str, "split": str, "unit": str})
+    df["epoch"] = pd.to_numeric(df["epoch"], errors="coerce") if "epoch" in df else math.nan
     df["magnitude"] = pd.to_numeric(df["magnitude"], errors="coerce").round(12)  # float grids: key on 12 decimals
     df["accuracy"] = pd.to_numeric(df["accuracy"], errors="coerce")
     df["unit"] = df["unit"].fillna("all").str.strip()
-    return df.drop_duplicates(["kind", "magnitude", "split", "unit"], keep="last")
+    return df.drop_duplicates(["epoch", "kind", "magnitude", "split", "unit"], keep="last")
+
+
+def final_sweep(sweeps: pd.DataFrame) -> pd.DataFrame:
+    """The rows of a run's last sweep (those at its largest epoch; all rows of a file without epochs): what every
+    table, figure and claim of the trained network reads.
+
+        >>> final_sweep(pd.DataFrame({"epoch": [0, 0, 400], "accuracy": [0.1, 0.2, 0.9]})).accuracy.tolist()
+        [0.9]
+    """
+    return sweeps[sweeps.epoch == sweeps.epoch.max()] if sweeps.epoch.notna().any() else sweeps
 
 
 def _failure(path: Path) -> str:
@@ -196,7 +215,7 @@ def load_runs(dirs, skip=()) -> Runs:
         >>> data = load_runs(["outputs/use_distance_metrics"])  # doctest: +SKIP
         >>> data.runs.groupby("model").test_acc.mean()            # doctest: +SKIP
     """
-    run_rows, metrics, perts, units, incomplete, diverged = [], [], [], [], [], []
+    run_rows, metrics, perts, sweeps, units, incomplete, diverged = [], [], [], [], [], [], []
     for path in find_run_dirs(dirs, skip):
         why, s = _incomplete_reason(path)
         if why:
@@ -219,9 +238,13 @@ def load_runs(dirs, skip=()) -> Runs:
             metrics.append(read_metrics(path).assign(**key))
         if rundir.perturbation_path(path).exists():
             try:
-                perts.append(read_perturbation(path).assign(site=run_rows[-1]["site"], **key))
+                every = read_perturbation(path).assign(site=run_rows[-1]["site"], **key)
             except (OSError, KeyError, ValueError, pd.errors.EmptyDataError, pd.errors.ParserError) as e:
                 log(f"warning: {rundir.perturbation_path(path)} unreadable ({e}); its sweep is left out")
+            else:
+                perts.append(final_sweep(every))
+                if every.epoch.nunique() > 1:
+                    sweeps.append(every)
         for layer, by_split in (s.get("units") or {}).items():
             for split, c in (by_split or {}).items():
                 units.append({**key, "layer": layer, "split": split,
@@ -229,8 +252,9 @@ def load_runs(dirs, skip=()) -> Runs:
     return Runs(
         runs=_frame(run_rows, RUN_COLUMNS),
         metrics=_frame(metrics, KEY_COLUMNS + METRICS_COLUMNS),
-        perturbation=_frame(perts, KEY_COLUMNS + ["site", "kind", "magnitude", "split", "unit", "accuracy"]),
+        perturbation=_frame(perts, PERTURBATION_COLUMNS),
         units=_frame(units, KEY_COLUMNS + ["layer", "split", "n", "dead", "rare"]),
         incomplete=_frame(incomplete, INCOMPLETE_COLUMNS),
         diverged=_frame(diverged, DIVERGED_COLUMNS),
+        sweeps=_frame(sweeps, SWEEP_COLUMNS),
     )

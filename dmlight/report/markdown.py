@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 
 from dmlight.report.checks import NOT_REPLICATED, NOT_RUN, NOT_RUN_DIVERGED, REPLICATED
+from dmlight.report.emergence import markdown_section
 from dmlight.report.groups import SPLIT, USE_KINDS, group_key, label, setting, warnings
 from dmlight.report.load import Runs
 from dmlight.report.thresholds import Thresholds
@@ -215,6 +216,7 @@ def write_markdown(out: Path, dirs, data: Runs, tables: dict, card: pd.DataFrame
     lines += ["## Dead and rarely active units", "", "Per activation layer: dead = |activation| <= 1e-6 on every "
               "sample, rare = non-zero on fewer than 1% of samples; counts mean ± std over runs.", "",
               md_table(_md_units(tables["units"])), ""]
+    lines += markdown_section(tables, fig, th)
     curves = [k for k in fig if k.startswith("learning_curves_")]
     lines += ["## Learning curves", ""] + ([f"![{k}]({fig[k]})\n" for k in curves] or ["_No metrics.csv found._", ""])
     lines += _diverged(data, tables)
