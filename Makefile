@@ -20,10 +20,10 @@ $(VENV_OK): pyproject.toml
 	    || echo "warning: could not install dataset-fashion-mnist; data=fashion_mnist needs its files"; fi
 	@rm -f .venv/.installed-* && touch $@
 
-# The USE experiment on the 5,000 embedded digits: ReLU and Abs, 3 seeds, sweep, report.
+# The USE experiment on the 5,000 embedded digits: ReLU and Abs, 3 seeds, sweeps during and after training, report.
 demo: install
 	$(PY) -m dmlight.train -m experiment=use_distance_metrics activation=relu,abs 'seed=range(3)' \
-	    trainer.max_epochs=1000 run.progress_every=250 paths.output_dir=outputs/demo
+	    trainer.max_epochs=1000 perturbation.every_n_epochs=100 run.progress_every=250 paths.output_dir=outputs/demo
 	$(PY) -m dmlight.report outputs/demo/use_distance_metrics
 
 test: install
@@ -37,6 +37,7 @@ test-fast: install
 bench: install
 	$(PY) bench/train_speed.py --json outputs/bench/train_speed.json
 	$(PY) bench/perturb_speed.py --json outputs/bench/perturb_speed.json
+	$(PY) bench/probe_cost.py --json outputs/bench/probe_cost.json
 	$(PY) bench/ensemble_speed.py --json outputs/bench/ensemble_speed.json
 	$(PY) bench/offset_l2_speed.py --json outputs/bench/offset_l2_speed.json
 

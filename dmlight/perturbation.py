@@ -1,6 +1,6 @@
 """Perturbation experiments: shift a trained network's hidden layer, measure its accuracy.
 
-USE (arXiv:2411.17932), Perturbation layer before the activation (site pre_activation).
+USE (arXiv:2411.17932), perturbed before the activation (site pre_activation).
 Per hidden unit, min, max and range r = max - min of the *activation output* over the
 training set; then for a magnitude p (a fraction, 0.05 = 5%):
 
@@ -12,7 +12,7 @@ The offset keeps each unit's max where it was (s max + t = max) and moves its ze
 (x = 0) to p r. A unit whose max is 0 (never active on the training set) has no max to keep
 and nothing to shift by: offset leaves it as it is (s = 1, t = 0).
 
-LEARN (arXiv:2502.02103), Perturbation layer after the activation (site post_activation):
+LEARN (arXiv:2502.02103), perturbed after the activation (site post_activation):
 
     clamp_min  p   activations below v are raised to v      (distance-like)
     clamp_max  p   activations above v are lowered to v     (intensity-like)

@@ -203,6 +203,7 @@ class DistanceProbe(pl.Callback):
             train and val dataloaders. Batches are (x, y, ...) and model(x) gives logits.
         model: the attribute of the LightningModule to probe (default: the module itself).
         dirpath: where probe.csv goes (default: the Trainer's log_dir, else default_root_dir).
+        final_grid: "full" (the grids) or "during" (the coarse during_grids, for a quick look) when fit ends.
 
     Example:
         >>> probe = DistanceProbe(layer="classifier.1", every_n_epochs=2, splits=("train", "val"))  # doctest: +SKIP
@@ -214,7 +215,7 @@ class DistanceProbe(pl.Callback):
     def __init__(self, layer: str, perturbation="use", site: str | None = None, activation: str | None = None,
                  every_n_epochs: int | None = None, splits=("train",), data: dict | None = None,
                  model: str | None = None, dirpath: str | Path | None = None, filename: str = "probe.csv",
-                 chunk_rows: int = DEFAULT_CHUNK_ROWS, log=print):
+                 chunk_rows: int = DEFAULT_CHUNK_ROWS, final_grid: str = "full", log=print):
         self.layer, self.activation, self.model_attr = layer, activation, model
         self.cfg = _config(perturbation)
         if splits is not None:
@@ -226,7 +227,11 @@ class DistanceProbe(pl.Callback):
                                            or every_n_epochs < 1):
             raise ProbeError(f"every_n_epochs={every_n_epochs!r}; accepted: a whole number >= 1, or None (null) to "
                              "sweep only when fit ends.")
-        self.during = during_points(self.cfg) if every_n_epochs else None
+        self.during = during_points(self.cfg) if every_n_epochs or final_grid == "during" else None
+        if final_grid not in ("full", "during"):
+            raise ProbeError(f"final_grid={final_grid!r}; accepted: full (the grids) or during (the coarse "
+                             "during_grids).")
+        self.final_grid = final_grid
         self.every_n_epochs, self.data = every_n_epochs, data or {}
         self.dirpath, self.filename, self.chunk_rows, self.print = dirpath, filename, chunk_rows, log
         self.done: dict[Path, set[int]] = {}
@@ -280,7 +285,7 @@ class DistanceProbe(pl.Callback):
     def sweep(self, trainer, pl_module, epoch: int, final: bool) -> None:
         if not trainer.is_global_zero:
             return
-        points = sweep_points(self.cfg, self.site) if final else self.during
+        points = sweep_points(self.cfg, self.site) if final and self.final_grid == "full" else self.during
         for label, model, directory, loggers in self.targets(trainer, pl_module, final):
             if directory not in self.done:
                 self.done[directory] = recorded_epochs(directory, self.filename)

@@ -52,12 +52,14 @@ def per_unit(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 
 def unit_min_max(out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-unit (dim 1) min and max over every other dim (rows, and a conv map's positions)."""
+    if out.ndim == 2:
+        return out.amin(0), out.amax(0)
     flat = out.transpose(0, 1).reshape(out.shape[1], -1)
     return flat.amin(1), flat.amax(1)
 
 
 def perturb(out: torch.Tensor, scale, offset, lower, upper) -> torch.Tensor:
-    """clamp(out * scale + offset, lower, upper) per unit (dim 1); the Perturbation layer's formula."""
+    """clamp(out * scale + offset, lower, upper) per unit (dim 1): USE's min(s x + t, c) and LEARN's clamps."""
     scale, offset, lower, upper = (per_unit(v, out) for v in (scale, offset, lower, upper))
     return torch.clamp(out * scale + offset, min=lower, max=upper)
 

@@ -272,3 +272,24 @@ def markdown_section(tables: dict, fig: dict, th: Thresholds = THRESHOLDS) -> li
                   f"names it), so the last step, onto the full grid, can jump. Found: {found}.", "",
                   f"![sensitivity ratio]({fig['sensitivity_ratio']})", ""]
     return lines
+
+
+# ----------------------------------------------------------------------------- a DistanceProbe's own file
+
+def plot_probe_file(path: str | Path, figures: str | Path, th: Thresholds = THRESHOLDS) -> list[Path]:
+    """The heatmaps and the ratio curve of a DistanceProbe's probe.csv (one run, any model), one group per probed
+    layer, drawn as the report draws a dmlight model's; needs sweeps at two epochs or more (every_n_epochs).
+
+    Example:
+        >>> plot_probe_file("outputs/probe_example/probe.csv", "outputs/probe_example/figures")  # doctest: +SKIP
+    """
+    frame = pd.read_csv(path, dtype={"kind": str, "split": str, "unit": str, "layer": str})
+    frame["unit"] = frame["unit"].fillna("all").astype(str).str.strip()
+    frame["magnitude"] = pd.to_numeric(frame["magnitude"], errors="coerce").round(12)
+    frame = frame.drop_duplicates(["layer", "epoch", "kind", "magnitude", "split", "unit"], keep="last")
+    frame = frame.assign(experiment="probe", model=frame.layer, site="pre_activation", run=frame.layer)
+    if frame.epoch.nunique() < 2:
+        return []
+    empty = pd.DataFrame()
+    tables = emergence_tables(Runs(empty, empty, empty, empty, empty, sweeps=frame), th)
+    return draw_emergence(tables, Path(figures), th)
