@@ -4,7 +4,9 @@
 
 `variant` names the overrides that change a run's results and that the path does not already
 spell out (e.g. `optimizer.lr=0.0022`), so every point of a sweep over any key gets its own
-directory and the default config keeps its short path. An ensemble (`seeds=[...]`) runs in
+directory and the default config keeps its short path. A net of several hidden layers has its
+widths in its model name (`ReLU_128x128`, see dmlight.grid.paper_name), so `arch.hidden=[128,128]`
+names no variant; one layer's width does, in one spelling (`arch.hidden=[64]` is `arch.hidden=64`). An ensemble (`seeds=[...]`) runs in
 `.../<model>[/<variant>]/ensemble-seeds<first>-<last>-n<k>` and puts each member where its solo
 run lives, beside it (`.../seed<s>`). Given a directory of your own (`hydra.run.dir=D`, or
 `train(cfg, D)`), an ensemble puts its members inside it, in `D/seed<s>`.
@@ -55,11 +57,28 @@ def variant_name(overrides) -> str:
         key, _, value = str(override).lstrip("+~").partition("=")
         if key in IN_PATH or key in NEUTRAL or key.startswith(NEUTRAL_PREFIXES):
             continue
+        if key == "arch.hidden":
+            value = _hidden_value(value)
+            if value is None:
+                continue
         parts.append(f"{key}={value}".replace("/", "-"))
     name = ",".join(sorted(parts))
     if len(name) > MAX_VARIANT:
         name = f"{name[:MAX_VARIANT - 13]}-{hashlib.sha1(name.encode()).hexdigest()[:12]}"
     return name
+
+
+def _hidden_value(value: str) -> str | None:
+    """An `arch.hidden` override's value in one spelling ('[64]' and ' 64' give '64'); None for several
+    layers (the model name spells those out). A value that is no width list is kept as typed (the
+    config check then names it)."""
+    text = value.strip()
+    items = text[1:-1].split(",") if text.startswith("[") and text.endswith("]") else [text]
+    try:
+        widths = [int(item) for item in items]
+    except ValueError:
+        return value
+    return None if len(widths) > 1 else str(widths[0])
 
 
 def seed_dir_name(seed, seeds=None) -> str:
