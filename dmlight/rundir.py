@@ -15,7 +15,8 @@ A run directory holds
     config.yaml          the resolved config (written first)
     metrics.csv          epoch, train_loss, train_acc, test_acc (appended as training goes)
     checkpoints/last.ckpt  the latest checkpoint (every `run.checkpoint_every` epochs, and the final one)
-    perturbation.csv     the perturbation sweep, when one ran
+    perturbation.csv     the perturbation sweep, when one ran (perturbation_<layer>.csv: one of another
+                         layer than `hidden`, see dmlight.sweep_engine.layer_files)
     summary.json         written last and atomically when the run finished: status "complete", or
                          "diverged" (its loss became non-finite; see dmlight.train)
     failed.json          why the last attempt failed, when it did (removed on success)
@@ -274,6 +275,8 @@ def reset_run(run_dir: Path) -> None:
     run_dir = Path(run_dir)
     for name in (SUMMARY_FILE, METRICS_FILE, PERTURBATION_FILE, "unit_ranges.csv", FAILED_FILE):
         (run_dir / name).unlink(missing_ok=True)
+    for other_layer in (*run_dir.glob("perturbation_*.csv"), *run_dir.glob("unit_ranges_*.csv")):
+        other_layer.unlink()
     for ckpt in (run_dir / "checkpoints").glob("*.ckpt"):
         ckpt.unlink()
 
