@@ -86,8 +86,10 @@ def paper_name(arch: str, activation: str, head_bias: bool, hidden=None) -> str:
     their widths appended, so that it never pools with a paper model's runs.
 
     Example:
-        >>> paper_name("mlp2_neg", "relu", False), paper_name("mlp", "abs", True), paper_name("mlp", "relu", False, [64, 32])
-        ('ReLU2-Neg', 'Abs_Bias', 'ReLU_64x32')
+        >>> paper_name("mlp2_neg", "relu", False), paper_name("mlp", "abs", True)
+        ('ReLU2-Neg', 'Abs_Bias')
+        >>> paper_name("mlp", "relu", False, [64, 32])
+        'ReLU_64x32'
     """
     check("arch", arch, ARCHS)
     check("activation", activation, ACTIVATION_NAMES)

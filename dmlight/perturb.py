@@ -51,8 +51,8 @@ def perturb(run_dir: str | Path, cfg, device: str = "auto", log=print) -> list[d
         where = locate(run.model, layer, run.model.site)
         sweep_points(cfg, run.model.site, where.n_units)
     except (PerturbationError, ProbeError) as e:
-        raise PerturbationError(f"run_dir={run_dir} ({run.model.name}): perturbation.layer={layer}: {e}"
-                                if isinstance(e, ProbeError) else f"run_dir={run_dir} ({run.model.name}): {e}") from None
+        where = f"perturbation.layer={layer}: " if isinstance(e, ProbeError) else ""
+        raise PerturbationError(f"run_dir={run_dir} ({run.model.name}): {where}{e}") from None
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     net = run.model.to(device)

@@ -6,10 +6,10 @@
 spell out (e.g. `optimizer.lr=0.0022`), so every point of a sweep over any key gets its own
 directory and the default config keeps its short path. A net of several hidden layers has its
 widths in its model name (`ReLU_128x128`, see dmlight.grid.paper_name), so `arch.hidden=[128,128]`
-names no variant; one layer's width does, in one spelling (`arch.hidden=[64]` is `arch.hidden=64`). An ensemble (`seeds=[...]`) runs in
-`.../<model>[/<variant>]/ensemble-seeds<first>-<last>-n<k>` and puts each member where its solo
-run lives, beside it (`.../seed<s>`). Given a directory of your own (`hydra.run.dir=D`, or
-`train(cfg, D)`), an ensemble puts its members inside it, in `D/seed<s>`.
+names no variant; one layer's width does, in one spelling (`arch.hidden=[64]` is `arch.hidden=64`).
+An ensemble (`seeds=[...]`) runs in `.../<model>[/<variant>]/ensemble-seeds<first>-<last>-n<k>`
+and puts each member where its solo run lives, beside it (`.../seed<s>`). Given a directory of your
+own (`hydra.run.dir=D`, or `train(cfg, D)`), an ensemble puts its members inside it, in `D/seed<s>`.
 
 A run directory holds
     config.yaml          the resolved config (written first)
