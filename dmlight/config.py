@@ -10,23 +10,24 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from dmlight import rundir
-from dmlight.grid import paper_name
+from dmlight.grid import hidden_setting, paper_name
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
 
 
-def _model_dir(arch: str, activation: str, head_bias) -> str:
+def _model_dir(arch: str, activation: str, head_bias, hidden=None) -> str:
     # A bad name must not fail inside Hydra's path interpolation (its error there is
     # unreadable); the model builder reports it properly a moment later.
     try:
-        return paper_name(arch, activation, str(head_bias).lower() == "true")
+        return paper_name(arch, activation, str(head_bias).lower() == "true", hidden)
     except ValueError:
         return f"invalid-{arch}-{activation}"
 
 
-def _run_subdir(data, preprocess, arch, activation, head_bias, variant, seed, seeds) -> str:
-    return rundir.run_subdir(data, preprocess, _model_dir(arch, activation, head_bias), variant or "", seed, seeds)
+def _run_subdir(data, preprocess, arch, activation, head_bias, variant, seed, seeds, hidden=None) -> str:
+    model = _model_dir(arch, activation, head_bias, hidden)
+    return rundir.run_subdir(data, preprocess, model, variant or "", seed, seeds)
 
 
 def _variant(*, _root_) -> str:
@@ -72,8 +73,16 @@ def pin_variant(cfg: DictConfig) -> DictConfig:
 
 
 def model_name(cfg: DictConfig) -> str:
-    """The paper name of the model a config trains, e.g. 'ReLU2-Neg'."""
-    return paper_name(cfg.arch.name, cfg.activation.name, bool(cfg.arch.head_bias))
+    """The paper name of the model a config trains, e.g. 'ReLU2-Neg' ('ReLU2-Neg_64x32' with arch.hidden=[64,32]).
+    A bad arch, activation or arch.hidden is a ConfigError naming it."""
+    return paper_name(cfg.arch.name, cfg.activation.name, bool(cfg.arch.head_bias), cfg.arch.get("hidden"))
+
+
+def settle_hidden(cfg: DictConfig) -> DictConfig:
+    """Check `arch.hidden` and write it in its one spelling (an int for one layer: `[128]` is 128; a list for
+    several), so that config.yaml, summary.json and a rerun's identity check agree however it was typed."""
+    cfg.arch.hidden = hidden_setting(cfg.arch.hidden)
+    return cfg
 
 
 def compose_config(overrides: list[str] | None = None, config_name: str = "config") -> DictConfig:
@@ -90,6 +99,8 @@ def compose_config(overrides: list[str] | None = None, config_name: str = "confi
         cfg = compose(config_name=config_name, overrides=list(overrides or []), return_hydra_config=True)
     if "variant" in cfg:  # named by the overrides, which only the hydra node holds
         pin_variant(cfg)
+    if "arch" in cfg and "hidden" in cfg.arch:
+        settle_hidden(cfg)
     with open_dict(cfg):
         del cfg["hydra"]
     return cfg

@@ -103,8 +103,9 @@ class Ensemble(nn.Module):
         return self._template[0].site
 
     @property
-    def hidden_units(self) -> int:
-        return self._template[0].hidden_units
+    def widths(self) -> tuple[int, ...]:
+        """The members' hidden layers' widths (Network.widths)."""
+        return self._template[0].widths
 
     def stacked(self) -> dict[str, torch.Tensor]:
         return {n: getattr(self, n.replace(".", "__")) for n in self.param_names}
@@ -300,12 +301,12 @@ class DistanceModule(pl.LightningModule):
 
 def auto_member_group(net: nn.Module, rows: int, device: torch.device, cache_bytes: int = 8 << 20) -> int:
     """Ensemble members per forward/backward pass: all of them on a GPU; on a CPU as many as
-    keep the hidden activations (rows x hidden) within ~8 MB. Measured on mnist5k (2 cores,
-    32 MB L3): groups of 2-4 train ~8% faster per member than a solo run, all 20 at once ~9%
-    slower (ReLU runs at DRAM speed there). OffsetL2's larger terms live only inside its own
-    cache-sized row blocks (see offset_l2), so they do not count here."""
+    keep the hidden activations (rows x the hidden layers' widths summed) within ~8 MB. Measured
+    on mnist5k (2 cores, 32 MB L3; one hidden layer): groups of 2-4 train ~8% faster per member
+    than a solo run, all 20 at once ~9% slower (ReLU runs at DRAM speed there). OffsetL2's larger
+    terms live only inside its own cache-sized row blocks (see offset_l2), so they do not count here."""
     if not isinstance(net, Ensemble):
         return 1
     if torch.device(device).type != "cpu":
         return net.n_members
-    return max(1, min(net.n_members, cache_bytes // (4 * rows * net.hidden_units)))
+    return max(1, min(net.n_members, cache_bytes // (4 * rows * sum(net.widths))))

@@ -6,9 +6,11 @@ Examples:
     python -m dmlight.perturb -m run_dir=<run> perturbation=use perturbation.kinds=[offset] \
         perturbation.magnitude=-0.02,0.02
     python -m dmlight.perturb -m run_dir=<LEARN run> perturbation=learn 'perturbation.unit=range(128)'
+    python -m dmlight.perturb run_dir=<run of arch.hidden=[128,64]> perturbation.layer=hidden2
 
 Every point appends one row to <run_dir>/perturbation.csv (rows already there are never
-rewritten; a reader takes the last row of a repeated point) and unit_ranges.csv is refreshed.
+rewritten; a reader takes the last row of a repeated point) and unit_ranges.csv is refreshed;
+for another layer than `hidden`, perturbation_<layer>.csv and unit_ranges_<layer>.csv.
 A bad request ends with a one-paragraph message and exit status 2.
 """
 from __future__ import annotations
@@ -24,8 +26,9 @@ from dmlight.config import CONF_DIR
 from dmlight.data import DataError, Splits
 from dmlight.errors import UserError
 from dmlight.perturbation import PerturbationError, sweep_points
+from dmlight.probe import ProbeError, locate
 from dmlight.runs import RunDirError, load_run
-from dmlight.sweep_engine import append_results, run_sweep, write_unit_ranges
+from dmlight.sweep_engine import append_results, layer_files, run_sweep, write_unit_ranges
 
 EXAMPLE = ("python -m dmlight.perturb run_dir=outputs/use_distance_metrics/mnist5k-raw/ReLU_Bias/seed0 "
            "perturbation=use")
@@ -43,10 +46,13 @@ def perturb(run_dir: str | Path, cfg, device: str = "auto", log=print) -> list[d
         run = load_run(run_dir)
     except RunDirError as e:
         raise PerturbationError(str(e)) from None
-    try:  # a bad request fails before the data loads
-        sweep_points(cfg, run.model.site, run.model.hidden_units)
-    except PerturbationError as e:
-        raise PerturbationError(f"run_dir={run_dir} ({run.model.name}): {e}") from None
+    try:  # a bad request (a kind, a unit, a layer the network lacks) fails before the data loads
+        layer = cfg.get("layer") or "hidden"
+        where = locate(run.model, layer, run.model.site)
+        sweep_points(cfg, run.model.site, where.n_units)
+    except (PerturbationError, ProbeError) as e:
+        where = f"perturbation.layer={layer}: " if isinstance(e, ProbeError) else ""
+        raise PerturbationError(f"run_dir={run_dir} ({run.model.name}): {where}{e}") from None
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     net = run.model.to(device)
@@ -54,10 +60,11 @@ def perturb(run_dir: str | Path, cfg, device: str = "auto", log=print) -> list[d
         log(f"[perturb] {run.model.name} seed {run.cfg.seed}: {run_dir}")
     epoch = int(run.summary.get("epochs", run.cfg.trainer.max_epochs))  # the trained network's epochs
     rows, ranges = run_sweep(net, Splits(*run.data(device)), cfg, log=log, epoch=epoch)
-    write_unit_ranges(run_dir, ranges)
-    append_results(run_dir, rows)
+    results, ranges_file = layer_files(layer)
+    write_unit_ranges(run_dir, ranges, ranges_file)
+    append_results(run_dir, rows, results)
     if log:
-        log(f"[perturb] appended {len(rows)} rows to {run_dir / 'perturbation.csv'}")
+        log(f"[perturb] appended {len(rows)} rows to {run_dir / results}")
     return rows
 
 

@@ -33,8 +33,8 @@ from dmlight.errors import UserError
 from dmlight.layers import Abs
 from dmlight.loggers import member_loggers
 from dmlight.perturbation import KINDS, PerturbationError, sweep_points, sweep_splits
-from dmlight.sweep_engine import (DEFAULT_CHUNK_ROWS, HookSweep, SplitSweep, append_results, recorded_epochs,
-                                  sweep_rows, write_unit_ranges)
+from dmlight.sweep_engine import (DEFAULT_CHUNK_ROWS, HookSweep, SplitSweep, append_results, layer_files,
+                                  recorded_epochs, sweep_rows, write_unit_ranges)
 from dmlight.wandb_log import log_sweep
 
 PROBE_COLUMNS = ("epoch", "layer", "kind", "magnitude", "split", "unit", "accuracy")
@@ -342,7 +342,8 @@ class DistanceProbe(pl.Callback):
 class PerturbationSweep(DistanceProbe):
     """dmlight's own training: the `perturbation` config's probe on every member network (one
     for a solo run, one per seed for an ensemble) at the network's site (`arch.site`), writing
-    perturbation.csv and unit_ranges.csv into each member's run directory and, with W&B on, the
+    perturbation.csv and unit_ranges.csv (perturbation_<layer>.csv and unit_ranges_<layer>.csv for
+    another `perturbation.layer` than `hidden`) into each member's run directory and, with W&B on, the
     final sweep into the member's own W&B run (dmlight.wandb_log.log_sweep). A config that cannot
     run fails when training starts, not after it; `perturbation=none` (no kinds) sweeps nothing.
     """
@@ -354,15 +355,21 @@ class PerturbationSweep(DistanceProbe):
         self.on = bool(cfg.get("kinds"))
         if not self.on:
             return
-        super().__init__(layer=cfg.get("layer") or "hidden", perturbation=cfg, site=None, splits=None,
-                         every_n_epochs=cfg.get("every_n_epochs"), filename="perturbation.csv",
+        layer = cfg.get("layer") or "hidden"
+        filename, self.ranges_file = layer_files(layer)  # another layer's rows go to files of its own
+        super().__init__(layer=layer, perturbation=cfg, site=None, splits=None,
+                         every_n_epochs=cfg.get("every_n_epochs"), filename=filename,
                          chunk_rows=cfg.get("chunk_rows") or DEFAULT_CHUNK_ROWS)
 
     def on_fit_start(self, trainer, pl_module) -> None:
         if self.on:  # the run's own network decides the site and the units
             self.site = pl_module.net.site
             sweep_points(self.cfg, self.site)
-            where = locate(pl_module.members()[0], self.layer, self.site)
+            net = pl_module.members()[0]
+            try:
+                where = locate(net, self.layer, self.site)
+            except ProbeError as e:  # in the config's words: the key is perturbation.layer
+                raise ProbeError(f"perturbation.layer={self.layer} ({net.name}): {e}") from None
             if where.n_units is not None and self.cfg.get("unit") is not None:
                 where.check_unit(self.cfg.get("unit"), where.n_units)
 
@@ -380,7 +387,7 @@ class PerturbationSweep(DistanceProbe):
     def record(self, directory, loggers, rows, ranges, trainer, epoch: int, final: bool) -> None:
         append_results(directory, rows, self.filename, self.columns)
         if final:
-            write_unit_ranges(directory, ranges)
+            write_unit_ranges(directory, ranges, self.ranges_file)
             log_sweep(loggers, rows)
         else:
             metrics = {f"perturbation_during/{r['split']}/" + (

@@ -4,16 +4,19 @@
 
 `variant` names the overrides that change a run's results and that the path does not already
 spell out (e.g. `optimizer.lr=0.0022`), so every point of a sweep over any key gets its own
-directory and the default config keeps its short path. An ensemble (`seeds=[...]`) runs in
-`.../<model>[/<variant>]/ensemble-seeds<first>-<last>-n<k>` and puts each member where its solo
-run lives, beside it (`.../seed<s>`). Given a directory of your own (`hydra.run.dir=D`, or
-`train(cfg, D)`), an ensemble puts its members inside it, in `D/seed<s>`.
+directory and the default config keeps its short path. A net of several hidden layers has its
+widths in its model name (`ReLU_128x128`, see dmlight.grid.paper_name), so `arch.hidden=[128,128]`
+names no variant; one layer's width does, in one spelling (`arch.hidden=[64]` is `arch.hidden=64`).
+An ensemble (`seeds=[...]`) runs in `.../<model>[/<variant>]/ensemble-seeds<first>-<last>-n<k>`
+and puts each member where its solo run lives, beside it (`.../seed<s>`). Given a directory of your
+own (`hydra.run.dir=D`, or `train(cfg, D)`), an ensemble puts its members inside it, in `D/seed<s>`.
 
 A run directory holds
     config.yaml          the resolved config (written first)
     metrics.csv          epoch, train_loss, train_acc, test_acc (appended as training goes)
     checkpoints/last.ckpt  the latest checkpoint (every `run.checkpoint_every` epochs, and the final one)
-    perturbation.csv     the perturbation sweep, when one ran
+    perturbation.csv     the perturbation sweep, when one ran (perturbation_<layer>.csv: one of another
+                         layer than `hidden`, see dmlight.sweep_engine.layer_files)
     summary.json         written last and atomically when the run finished: status "complete", or
                          "diverged" (its loss became non-finite; see dmlight.train)
     failed.json          why the last attempt failed, when it did (removed on success)
@@ -55,11 +58,28 @@ def variant_name(overrides) -> str:
         key, _, value = str(override).lstrip("+~").partition("=")
         if key in IN_PATH or key in NEUTRAL or key.startswith(NEUTRAL_PREFIXES):
             continue
+        if key == "arch.hidden":
+            value = _hidden_value(value)
+            if value is None:
+                continue
         parts.append(f"{key}={value}".replace("/", "-"))
     name = ",".join(sorted(parts))
     if len(name) > MAX_VARIANT:
         name = f"{name[:MAX_VARIANT - 13]}-{hashlib.sha1(name.encode()).hexdigest()[:12]}"
     return name
+
+
+def _hidden_value(value: str) -> str | None:
+    """An `arch.hidden` override's value in one spelling ('[64]' and ' 64' give '64'); None for several
+    layers (the model name spells those out). A value that is no width list is kept as typed (the
+    config check then names it)."""
+    text = value.strip()
+    items = text[1:-1].split(",") if text.startswith("[") and text.endswith("]") else [text]
+    try:
+        widths = [int(item) for item in items]
+    except ValueError:
+        return value
+    return None if len(widths) > 1 else str(widths[0])
 
 
 def seed_dir_name(seed, seeds=None) -> str:
@@ -255,6 +275,8 @@ def reset_run(run_dir: Path) -> None:
     run_dir = Path(run_dir)
     for name in (SUMMARY_FILE, METRICS_FILE, PERTURBATION_FILE, "unit_ranges.csv", FAILED_FILE):
         (run_dir / name).unlink(missing_ok=True)
+    for other_layer in (*run_dir.glob("perturbation_*.csv"), *run_dir.glob("unit_ranges_*.csv")):
+        other_layer.unlink()
     for ckpt in (run_dir / "checkpoints").glob("*.ckpt"):
         ckpt.unlink()
 

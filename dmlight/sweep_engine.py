@@ -20,7 +20,9 @@ and a point that leaves every value of the split as it was counts as the baselin
 Results go next to the run: perturbation.csv (epoch, kind, magnitude, split, unit, accuracy;
 appended, never rewritten; `epoch` counts the training epochs done when the sweep ran;
 `baseline` rows are the unperturbed point with an empty magnitude) and unit_ranges.csv
-(unit, min, max, range on the training set).
+(unit, min, max, range on the training set). A sweep of another layer than `hidden` (a deeper
+net's `hidden2`, ...) writes perturbation_<layer>.csv and unit_ranges_<layer>.csv (`layer_files`):
+two layers' rows never mix in one file, and perturbation.csv stays the papers' layer's.
 """
 from __future__ import annotations
 
@@ -291,6 +293,18 @@ def _fmt(value) -> str:
     return repr(float(value)) if isinstance(value, float) else str(value)
 
 
+def layer_files(layer: str = "hidden") -> tuple[str, str]:
+    """(results, unit ranges) file names of a sweep at `layer`.
+
+    Example:
+        >>> layer_files(), layer_files("hidden2")
+        (('perturbation.csv', 'unit_ranges.csv'), ('perturbation_hidden2.csv', 'unit_ranges_hidden2.csv'))
+    """
+    if layer == "hidden":
+        return RESULTS_FILE, RANGES_FILE
+    return tuple(f"{Path(name).stem}_{layer}.csv" for name in (RESULTS_FILE, RANGES_FILE))
+
+
 def append_results(run_dir: str | Path, rows: list[dict], filename: str = RESULTS_FILE,
                    columns: tuple[str, ...] = COLUMNS) -> Path:
     """Append rows to <run_dir>/<filename> (header `columns` when new), under a file lock so
@@ -344,14 +358,15 @@ def write_unit_ranges(run_dir: str | Path, ranges: UnitRanges, filename: str = R
     return path
 
 
-def read_results(run_dir: str | Path) -> list[dict]:
-    """perturbation.csv as a list of dicts of strings (empty when the run has none).
+def read_results(run_dir: str | Path, layer: str = "hidden") -> list[dict]:
+    """perturbation.csv (of `layer`'s sweeps: see layer_files) as a list of dicts of strings (empty when the
+    run has none).
 
     Example:
         >>> [r for r in read_results(run_dir) if r["kind"] == "baseline"]    # doctest: +SKIP
         [{'kind': 'baseline', 'magnitude': '', 'split': 'train', 'unit': 'all', 'accuracy': '0.99'}]
     """
-    path = Path(run_dir) / RESULTS_FILE
+    path = Path(run_dir) / layer_files(layer)[0]
     if not path.exists():
         return []
     with open(path, newline="") as f:

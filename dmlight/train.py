@@ -27,6 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 from dmlight import config as _config  # noqa: F401  (registers the run directory's resolvers)
 from dmlight import devices, rundir
 from dmlight.errors import ConfigError, NonFiniteLoss, UserError
+from dmlight.grid import hidden_setting
 from dmlight.loggers import finish_loggers, instantiate_group, make_loggers, offline_hint
 from dmlight.progress import seed_range
 from dmlight.sweep import record_sweep_failure
@@ -80,7 +81,7 @@ def run_fields(cfg: DictConfig, status: str) -> dict:
     return {
         "status": status, "experiment": cfg.experiment_name, "model_name": _config.model_name(cfg),
         "arch": cfg.arch.name, "activation": cfg.activation.name, "head_bias": bool(cfg.arch.head_bias),
-        "hidden": int(cfg.arch.hidden), "perturbation_site": cfg.arch.site, "seed": int(cfg.seed),
+        "hidden": hidden_setting(cfg.arch.hidden), "perturbation_site": cfg.arch.site, "seed": int(cfg.seed),
         "data": cfg.data.name, "preprocess": cfg.data.preprocess, "epochs": int(cfg.trainer.max_epochs),
         "lr": float(cfg.optimizer.lr), "variant": str(cfg.get("variant") or ""),
     }
@@ -134,6 +135,7 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None,
     Example:
         >>> summary = train(compose_config(["data=synthetic", "trainer.max_epochs=5"]), "/tmp/r")  # doctest: +SKIP
     """
+    _config.settle_hidden(cfg)  # a bad arch.hidden fails here; [128] is saved as 128
     run_dir = rundir.run_dir(cfg) if run_dir is None else Path(run_dir)
     if cfg.get("seeds") is None:
         members = [(cfg, run_dir)]
@@ -304,7 +306,7 @@ def main(cfg: DictConfig) -> float | None:
     run_dir = Path(hc.runtime.output_dir)
     _config.pin_variant(cfg)  # named by this job's overrides, which member configs no longer carry
     try:
-        _config.model_name(cfg)  # an unknown arch or activation is a short error before torch loads
+        _config.model_name(cfg)  # an unknown arch or activation, a bad arch.hidden: a short error before torch loads
         with job_device(cfg, hc):
             result = train(cfg, run_dir)
         return result["test_acc"] if isinstance(result, dict) else [r["test_acc"] for r in result]
