@@ -120,9 +120,12 @@ def test_experiment_configs_carry_the_papers_training_settings(experiment):
         assert (net.head.bias is not None) is head_bias
     else:
         assert net.head.mu.shape == net.head.alpha.shape == (10, 128)
-    order = [n for n, _ in net.named_children()]
-    pair = ["perturb", "activation"] if site == "pre_activation" else ["activation", "perturb"]
-    assert order[1:3] == pair
+    # Where the probe perturbs: the hidden Linear's output (USE) or its activation's (LEARN).
+    from dmlight.probe import locate
+
+    assert [n for n, _ in net.named_children()][:2] == ["hidden", "activation"]
+    where = locate(net, cfg.perturbation.get("layer") or "hidden", cfg.arch.site)
+    assert (where.target, where.activation) == ("hidden" if site == "pre_activation" else "activation", "activation")
 
 
 def test_the_use_experiment_sweeps_scale_clip_and_offset_on_the_training_set():
