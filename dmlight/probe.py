@@ -20,7 +20,7 @@ dmlight's own training uses it too (`PerturbationSweep`, one file per member run
 """
 from __future__ import annotations
 
-import math
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -185,6 +185,19 @@ def during_points(cfg) -> dict[str, list[float]]:
     return sweep_points({**{k: cfg.get(k) for k in ("kinds", "splits", "unit")}, "grids": grids})
 
 
+def during_line(rows: list[dict], layer: str, label: str, epoch: int, seconds: float) -> str:
+    """One line for a sweep during training: each kind's accuracy range on the first split, and the baseline."""
+    split = rows[0]["split"]
+    ranges = {}
+    for r in rows:
+        if r["split"] == split and r["kind"] != "baseline":
+            ranges.setdefault(r["kind"], []).append(100 * r["accuracy"])
+    base = next(100 * r["accuracy"] for r in rows if r["split"] == split and r["kind"] == "baseline")
+    kinds = ", ".join(f"{k} {min(v):.0f}-{max(v):.0f}%" for k, v in ranges.items())
+    return (f"[probe {label + ' ' if label else ''}{layer} epoch {epoch}] {split} {base:.1f}% unperturbed; {kinds} "
+            f"({sum(len(v) for v in ranges.values())} points, {seconds:.2f}s)")
+
+
 class DistanceProbe(pl.Callback):
     """The perturbation test of both papers as a Lightning callback, for any model and layer.
 
@@ -293,11 +306,16 @@ class DistanceProbe(pl.Callback):
                 continue  # a resumed run already has this epoch's sweep
             was_training = model.training
             model.eval()
+            t0 = time.perf_counter()
             try:
                 sweeps, ranges = self._sweeps(trainer, pl_module, model)
-                rows = sweep_rows(sweeps, points, ranges, self.cfg.get("unit"), epoch, self.print, label)
+                # a line per kind at the end; one line per sweep during training
+                rows = sweep_rows(sweeps, points, ranges, self.cfg.get("unit"), epoch, self.print if final else None,
+                                  label)
             finally:
                 model.train(was_training)
+            if self.print and not final:
+                self.print(during_line(rows, self.layer, label, epoch, time.perf_counter() - t0))
             self.record(directory, loggers, rows, ranges, trainer, epoch, final)
             self.done[directory].add(epoch)
 

@@ -80,4 +80,7 @@ def build_report(dirs, out=None, wandb: bool = False, pairs=None, thresholds: Th
     for fig in figures:
         if fig.name == "perturbation.png":
             log(f"perturbation figure: {fig}")
+    grown = [fig for fig in figures if fig.name.startswith("emergence_") or fig.name == "sensitivity_ratio.png"]
+    if grown:  # the sweeps during training (perturbation.every_n_epochs)
+        log(f"during training: {', '.join(f.name for f in grown)} in {grown[0].parent}")
     return out
