@@ -301,7 +301,7 @@ class DistanceProbe(pl.Callback):
         points = sweep_points(self.cfg, self.site) if final and self.final_grid == "full" else self.during
         for label, model, directory, loggers in self.targets(trainer, pl_module, final):
             if directory not in self.done:
-                self.done[directory] = recorded_epochs(directory, self.filename)
+                self.done[directory] = recorded_epochs(directory, self.filename, self.layer)
             if not final and epoch in self.done[directory]:
                 continue  # a resumed run already has this epoch's sweep
             was_training = model.training

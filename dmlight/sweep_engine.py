@@ -336,13 +336,15 @@ def append_results(run_dir: str | Path, rows: list[dict], filename: str = RESULT
     return path
 
 
-def recorded_epochs(run_dir: str | Path, filename: str = RESULTS_FILE) -> set[int]:
-    """The epochs that already have sweep rows in <run_dir>/<filename> (a resumed run skips them)."""
+def recorded_epochs(run_dir: str | Path, filename: str = RESULTS_FILE, layer: str | None = None) -> set[int]:
+    """The epochs that already have sweep rows in <run_dir>/<filename>, of `layer` where the file has a
+    layer column (several probes share one file): a resumed run skips them."""
     path = Path(run_dir) / filename
     if not path.exists():
         return set()
     with open(path, newline="") as f:
-        return {int(r["epoch"]) for r in csv.DictReader(f) if (r.get("epoch") or "").strip()}
+        return {int(r["epoch"]) for r in csv.DictReader(f) if (r.get("epoch") or "").strip()
+                and (layer is None or r.get("layer") in (None, layer))}
 
 
 def write_unit_ranges(run_dir: str | Path, ranges: UnitRanges, filename: str = RANGES_FILE) -> Path:
