@@ -27,6 +27,7 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.utilities.seed import isolate_rng
 from torch import nn
 
 from dmlight.errors import UserError
@@ -281,6 +282,10 @@ class DistanceProbe(pl.Callback):
         if not trainer.is_global_zero:
             return
         points = sweep_points(self.cfg, self.site) if final else self.during
+        with isolate_rng():  # reading a shuffled loader draws from the RNG the training's next epoch uses
+            self._sweep_targets(trainer, pl_module, epoch, final, points)
+
+    def _sweep_targets(self, trainer, pl_module, epoch: int, final: bool, points) -> None:
         for label, model, directory, loggers in self.targets(trainer, pl_module, final):
             if directory not in self.done:
                 self.done[directory] = recorded_epochs(directory, self.filename)
