@@ -325,6 +325,10 @@ class DistanceProbe(pl.Callback):
         return sweeps, ranges
 
     # -- Lightning hooks
+    def on_fit_start(self, trainer, pl_module) -> None:
+        for _, model, _, _ in self.targets(trainer, pl_module, final=False):
+            locate(model, self.layer, self.site, self.activation)  # a wrong name fails before training, not after
+
     def on_train_start(self, trainer, pl_module) -> None:
         if self.every_n_epochs and trainer.current_epoch == 0:
             self.sweep(trainer, pl_module, 0, final=False)
