@@ -56,6 +56,14 @@ def unit_min_max(out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return flat.amin(1), flat.amax(1)
 
 
+def check_logits(logits, model: str) -> None:
+    """Both engines count argmax over dim 1 of (rows, classes) logits; anything else is refused."""
+    if not isinstance(logits, torch.Tensor) or logits.ndim != 2:
+        raise TypeError(f"{model}(x) returned {type(logits).__name__}"
+                        f"{tuple(logits.shape) if isinstance(logits, torch.Tensor) else ''}; the probe "
+                        "needs logits (rows, classes)")
+
+
 def perturb(out: torch.Tensor, scale, offset, lower, upper) -> torch.Tensor:
     """clamp(out * scale + offset, lower, upper) per unit (dim 1); the Perturbation layer's formula."""
     scale, offset, lower, upper = (per_unit(v, out) for v in (scale, offset, lower, upper))
@@ -152,6 +160,7 @@ class SplitSweep:
                 logits = self.tail(z)
             else:
                 logits = self.after_activation(self.activation_(z))
+            check_logits(logits, "Sequential")
             # max's indices follow argmax's rule (the first of equal maxima) and are faster on 10 columns
             correct += int((logits.max(1).indices == self.y[start: start + self.chunk_rows]).sum())
         return correct
@@ -201,10 +210,7 @@ class HookSweep:
             correct = 0
             for x, y in self.batches:
                 logits = self.model(x)
-                if not isinstance(logits, torch.Tensor) or logits.ndim != 2:
-                    raise TypeError(f"{type(self.model).__name__}(x) returned {type(logits).__name__}"
-                                    f"{tuple(logits.shape) if isinstance(logits, torch.Tensor) else ''}; the probe "
-                                    "needs logits (rows, classes)")
+                check_logits(logits, type(self.model).__name__)
                 correct += int((logits.argmax(1) == y).sum())
             return correct
         finally:
