@@ -97,8 +97,7 @@ class ProbeSite:
             return None
         k = names.index(self.target)
         trunk, tail = nn.Sequential(*[m for _, m in parts[: k + 1]]), nn.Sequential(*[m for _, m in parts[k + 1:]])
-        ranges_of = tail[0] if self.activation is not None and self.target == self.layer else None
-        return trunk, tail, ranges_of
+        return trunk, tail, self.ranges_module(model)  # the named activation, as HookSweep's (not always tail[0])
 
     def ranges_module(self, model: nn.Module) -> nn.Module | None:
         return model.get_submodule(self.activation) if self.activation and self.target == self.layer else None

@@ -582,6 +582,8 @@ def trained_sequential(kind: str, digits, seed: int) -> nn.Sequential:
     torch.manual_seed(seed)
     if kind == "mlp":
         net = nn.Sequential(nn.Linear(784, 24), Abs(), nn.Linear(24, 10))
+    elif kind == "dropout":  # the activation is not the entry after the layer: the probe is told its name
+        net = nn.Sequential(nn.Linear(784, 24), nn.Dropout(0.2), nn.ReLU(), nn.Linear(24, 10))
     else:
         net = nn.Sequential(nn.Sequential(nn.Unflatten(1, (1, 28, 28)), nn.Conv2d(1, 5, 5, stride=2), nn.ReLU(),
                                           nn.MaxPool2d(2)),
@@ -596,8 +598,10 @@ def trained_sequential(kind: str, digits, seed: int) -> nn.Sequential:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kind,layer,seed", [("mlp", "0", 6), ("cnn", "0.1", 12), ("cnn", "1.1", 12)])
-def test_a_sequential_gives_the_same_counts_by_both_engines(tmp_path, digits, monkeypatch, kind, layer, seed):
+@pytest.mark.parametrize("kind,layer,activation,seed", [("mlp", "0", None, 6), ("dropout", "0", "2", 19),
+                                                        ("cnn", "0.1", None, 12), ("cnn", "1.1", None, 12)])
+def test_a_sequential_gives_the_same_counts_by_both_engines(tmp_path, digits, monkeypatch, kind, layer, activation,
+                                                            seed):
     net = trained_sequential(kind, digits, seed)
     x, y = digits.x_train / 255.0, digits.y_train
     data = {"train": (x, y), "test": (digits.x_test / 255.0, digits.y_test)}
@@ -610,11 +614,14 @@ def test_a_sequential_gives_the_same_counts_by_both_engines(tmp_path, digits, mo
         monkeypatch.setattr(probe_mod, "FAST_PATH_BYTES", 1 << 30 if engine == "split" else 0)
         for name, grid, unit in (("use", USE_GRID, None), ("learn", LEARN_GRID, None), ("learn1", LEARN_GRID, 3)):
             perturbation = {**grid, "unit": unit}
-            probe = DistanceProbe(layer, perturbation, splits=("train", "test"), data=data, model="net",
+            probe = DistanceProbe(layer, perturbation, splits=("train", "test"), data=data, model="net", activation=activation,
                                   dirpath=tmp_path / engine, filename=f"{name}.csv", chunk_rows=777, log=None)
             watch_only(net, [probe], x, y)
         assert set(used) == {engine}
         engines[engine] = {name: (tmp_path / engine / f"{name}.csv").read_text() for name in ("use", "learn", "learn1")}
+        engines[engine]["ranges"] = (tmp_path / engine / f"use_{layer}_unit_ranges.csv").read_text()
     assert engines["split"] == engines["hook"]
+    ranges = read_csv(tmp_path / "split" / f"use_{layer}_unit_ranges.csv")
+    assert min(float(r["min"]) for r in ranges) >= 0  # the ReLU's output, not the layer's
     accs = [r["accuracy"] for name in ("use", "learn") for r in read_csv(tmp_path / "split" / f"{name}.csv")]
     assert len(set(accs)) > 10
