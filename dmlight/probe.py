@@ -334,7 +334,8 @@ class DistanceProbe(pl.Callback):
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         done = trainer.current_epoch + 1
-        last = trainer.max_epochs is not None and trainer.max_epochs >= 0 and done >= trainer.max_epochs
+        last = trainer.max_epochs is not None and trainer.max_epochs >= 0 and done >= trainer.max_epochs \
+            or trainer.max_steps is not None and trainer.max_steps >= 0 and trainer.global_step >= trainer.max_steps
         if self.every_n_epochs and done % self.every_n_epochs == 0 and not last and not trainer.should_stop:
             self.sweep(trainer, pl_module, done, final=False)
 

@@ -390,6 +390,17 @@ def test_sweeps_during_training_come_at_0_n_2n_and_the_end(tmp_path, digits, max
 
 
 @pytest.mark.slow
+def test_training_that_ends_by_max_steps_gets_one_sweep_at_its_last_epoch(tmp_path, digits):
+    """max_steps = 3 epochs of 7 batches (max_epochs is then -1): epoch 3 is the end, swept once, on the full grid."""
+    x, y = sample(digits.x_train, digits.y_train, 700, seed=23)
+    grid = {**USE_GRID, "during_grids": {"clip": [0.2, 0.9]}}
+    fit(TinyMLP(seed=6), [DistanceProbe("hidden", grid, every_n_epochs=3, dirpath=tmp_path, log=None)], None,
+        loader(x, y, 100), max_steps=21)
+    rows = read_csv(tmp_path / "probe.csv")
+    assert Counter(r["epoch"] for r in rows) == {"0": 1 + 3 + 2 + 4, "3": 1 + 3 + 4 + 4}
+
+
+@pytest.mark.slow
 def test_the_probe_does_not_change_the_training_it_watches(tmp_path, digits):
     """Sweeping reads the (shuffled) training loader; that must not draw from the RNG the next epoch's
     shuffle uses: the same seed trains to the same weights with and without a probe."""
