@@ -327,6 +327,9 @@ class DistanceProbe(pl.Callback):
     def on_fit_start(self, trainer, pl_module) -> None:
         for _, model, _, _ in self.targets(trainer, pl_module, final=False):
             locate(model, self.layer, self.site, self.activation)  # a wrong name fails before training, not after
+        if "test" in sweep_splits(self.cfg) and self.data.get("test") is None:
+            raise ProbeError("the probe has no test data: Trainer.fit has no test dataloader. Pass "
+                             "DistanceProbe(data={'test': <DataLoader or (x, y)>}), or leave 'test' out of splits.")
 
     def on_train_start(self, trainer, pl_module) -> None:
         if self.every_n_epochs and trainer.current_epoch == 0:
