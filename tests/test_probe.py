@@ -232,11 +232,25 @@ def cnn_run(tmp_path_factory, digits):
     probes = [DistanceProbe("conv", USE_GRID, splits=("train", "val"), dirpath=out, filename="conv_use.csv"),
               DistanceProbe("fc1", USE_GRID, splits=("train", "val"), dirpath=out, filename="fc1_use.csv",
                             every_n_epochs=2),  # val at epoch 0 too, before any validation ran
+              DistanceProbe("conv", {**USE_GRID, "unit": 1}, dirpath=out, filename="conv_use_unit1.csv"),
               DistanceProbe("conv", LEARN_GRID, splits=("train", "val"), dirpath=out, filename="conv_learn.csv"),
               DistanceProbe("fc1", {**LEARN_GRID, "unit": 5}, dirpath=out, filename="fc1_learn_unit5.csv")]
     fit(model, probes, 3, loader(digits.x_train, digits.y_train, 133, shuffle=True),
         loader(digits.x_test, digits.y_test, 300))
     return out, model.eval()
+
+
+def reference(model, site, lo, hi, grid, digits, splits=("train", "val"), unit=None) -> dict:
+    """{(kind, magnitude, split, unit): accuracy} by the reference at `site` (module), with ranges (lo, hi)."""
+    expected = {}
+    for split in splits:
+        x, y = (digits.x_train, digits.y_train) if split == "train" else (digits.x_test, digits.y_test)
+        expected[("baseline", "", split, "all")] = own_accuracy(model, site, x, y)
+        for kind, magnitudes in grid["grids"].items():
+            for p in magnitudes:
+                expected[(kind, repr(p), split, "all" if unit is None else str(unit))] = \
+                    own_accuracy(model, site, x, y, own_values(kind, p, lo, hi, unit))
+    return expected
 
 
 @pytest.mark.slow
@@ -249,13 +263,11 @@ def test_use_kinds_on_a_cnn_equal_the_papers_formulas(cnn_run, digits, layer, ac
         assert hi[DEAD] == 0 and (hi > 0).sum() == 3  # the max-0 rule is exercised, the others fire
     rows = read_csv(out / f"{layer}_use.csv")
     assert {r["layer"] for r in rows} == {layer}
+    splits_at = {(r["epoch"], r["split"]) for r in rows}
+    assert splits_at == ({(e, s) for e in ("0", "2", "3") for s in ("train", "val")} if layer == "fc1" else
+                         {("3", "train"), ("3", "val")})  # val at epoch 0 too, before any validation ran
     written = accuracies(rows, epoch=3)
-    expected = {}
-    for split, (x, y) in (("train", (digits.x_train, digits.y_train)), ("val", (digits.x_test, digits.y_test))):
-        expected[("baseline", "", split, "all")] = own_accuracy(model, site, x, y)
-        for kind, magnitudes in USE_GRID["grids"].items():
-            for p in magnitudes:
-                expected[(kind, repr(p), split, "all")] = own_accuracy(model, site, x, y, own_values(kind, p, lo, hi))
+    expected = reference(model, site, lo, hi, USE_GRID, digits)
     assert written.keys() == expected.keys()
     assert {k: float(v) for k, v in written.items()} == expected
     # The grid is not degenerate: the points move accuracy, some down, and not all by the same.
@@ -263,6 +275,10 @@ def test_use_kinds_on_a_cnn_equal_the_papers_formulas(cnn_run, digits, layer, ac
     assert min(expected.values()) < expected[("baseline", "", "train", "all")] - 0.05
     ranges = read_csv(out / f"{layer}_use_{layer}_unit_ranges.csv")
     assert [float(r["min"]) for r in ranges] == lo.tolist() and [float(r["max"]) for r in ranges] == hi.tolist()
+    if layer == "conv":  # channel 1 alone, the others as they are
+        alone = accuracies(read_csv(out / "conv_use_unit1.csv"), epoch=3)
+        assert {k: float(v) for k, v in alone.items()} == reference(model, site, lo, hi, USE_GRID, digits, ("train",), 1)
+        assert len(set(alone.values())) >= 5
 
 
 @pytest.mark.slow
@@ -275,15 +291,7 @@ def test_learn_clamps_on_a_cnn_equal_the_papers_formulas(cnn_run, digits):
         act = model.get_submodule(act_name)
         lo, hi = own_min_max(model, act, digits.x_train)
         written = accuracies(read_csv(out / filename), epoch=3)
-        where = "all" if unit is None else str(unit)
-        expected = {}
-        for split in splits:
-            x, y = (digits.x_train, digits.y_train) if split == "train" else (digits.x_test, digits.y_test)
-            expected[("baseline", "", split, "all")] = own_accuracy(model, act, x, y)
-            for kind, magnitudes in LEARN_GRID["grids"].items():
-                for p in magnitudes:
-                    expected[(kind, repr(p), split, where)] = own_accuracy(model, act, x, y,
-                                                                           own_values(kind, p, lo, hi, unit))
+        expected = reference(model, act, lo, hi, LEARN_GRID, digits, splits, unit)
         assert written.keys() == expected.keys(), layer
         assert {k: float(v) for k, v in written.items()} == expected, layer
         assert len(set(expected.values())) >= 5, layer
@@ -592,6 +600,16 @@ def test_a_split_without_data_is_refused_by_name(tmp_path, digits):
             loader(digits.x_train[:300], digits.y_train[:300], 100))
 
 
+@pytest.mark.slow
+def test_the_test_split_without_data_is_refused_before_training(tmp_path, digits):
+    model = TinyMLP(seed=1)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ProbeError, match=r"no test data: Trainer.fit has no test dataloader.*data=\{'test'"):
+        fit(model, [DistanceProbe("hidden", USE_GRID, splits=("train", "test"), dirpath=tmp_path)], 2,
+            loader(digits.x_train[:300], digits.y_train[:300], 100))
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
 def test_every_n_epochs_must_be_a_whole_number_from_1():
     for bad in (0, -2, 1.5, True):
         with pytest.raises(ProbeError, match=rf"every_n_epochs={bad!r}; accepted: a whole number >= 1"):
@@ -644,7 +662,7 @@ def test_a_sequential_gives_the_same_counts_by_both_engines(tmp_path, digits, mo
                                                             seed):
     net = trained_sequential(kind, digits, seed)
     x, y = digits.x_train / 255.0, digits.y_train
-    data = {"train": (x, y), "test": (digits.x_test / 255.0, digits.y_test)}
+    data = {"train": (x, y), "test": loader(digits.x_test / 255.0, digits.y_test, 333)}  # batches of 333, then 1
     engines = {}
     real_split, real_hook = probe_mod.SplitSweep, probe_mod.HookSweep
     for engine in ("split", "hook"):
