@@ -643,9 +643,10 @@ def trained_sequential(kind: str, digits, seed: int) -> nn.Sequential:
     elif kind == "dropout":  # the activation is not the entry after the layer: the probe is told its name
         net = nn.Sequential(nn.Linear(784, 24), nn.Dropout(0.2), nn.ReLU(), nn.Linear(24, 10))
     else:
-        net = nn.Sequential(nn.Sequential(nn.Unflatten(1, (1, 28, 28)), nn.Conv2d(1, 5, 5, stride=2), nn.ReLU(),
-                                          nn.MaxPool2d(2)),
-                            nn.Sequential(nn.Flatten(), nn.Linear(5 * 6 * 6, 16), nn.ReLU(), nn.Linear(16, 10)))
+        net = nn.Sequential(nn.Sequential(nn.Unflatten(1, (1, 28, 28)), nn.Conv2d(1, 5, 5, stride=2),
+                                          nn.ReLU(inplace=True), nn.MaxPool2d(2)),  # in place, as torchvision's
+                            nn.Sequential(nn.Flatten(), nn.Linear(5 * 6 * 6, 16), nn.ReLU(inplace=True),
+                                          nn.Linear(16, 10)))
     opt = torch.optim.Adam(net.parameters(), lr=0.01)
     x, y = sample(digits.x_train / 255.0, digits.y_train, 4000, seed)
     for i in list(range(0, 4000, 250)) * 2:
