@@ -116,7 +116,7 @@ class SplitSweep:
     @torch.inference_mode()
     def unit_ranges(self) -> UnitRanges:
         """Per-unit min/max of what the ranges are measured on (`ranges_of` of the output, or the output)."""
-        return UnitRanges(*unit_min_max(self.h if self.ranges_of is None else self.ranges_of(self.h)))
+        return UnitRanges(*unit_min_max(self.h if self.ranges_of is None else self.ranges_of(self.h.clone())))
 
     def correct(self, scale: torch.Tensor, offset: torch.Tensor, lower: torch.Tensor,
                 upper: torch.Tensor) -> list[int]:
@@ -156,8 +156,8 @@ class SplitSweep:
                 z = z + offset if z is rows else z.add_(offset)
             if lower is not None or upper is not None:
                 z = torch.clamp(z, lower, upper) if z is rows else z.clamp_(lower, upper)
-            if z is rows or self.activation_ is None:
-                logits = self.tail(z)
+            if z is rows or self.activation_ is None:  # a copy of h: the tail may start in place (ReLU(inplace=True))
+                logits = self.tail(z.clone() if z is rows else z)
             else:
                 logits = self.after_activation(self.activation_(z))
             check_logits(logits, "Sequential")
