@@ -423,6 +423,30 @@ def test_the_probe_does_not_change_the_training_it_watches(tmp_path, digits):
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
 
 
+class FrozenDropout(TinyMLP):
+    """A Dropout its author keeps in eval mode (as a frozen part of a fine-tuned model is)."""
+
+    def __init__(self, seed: int):
+        super().__init__(seed)
+        self.drop = nn.Dropout(0.5).eval()
+
+    def forward(self, x):
+        return self.head(self.act(self.drop(self.hidden(x / 255.0))))
+
+
+@pytest.mark.slow
+def test_the_probe_leaves_each_module_in_its_own_mode(tmp_path, digits):
+    x, y = sample(digits.x_train, digits.y_train, 600, seed=31)
+    weights = []
+    for probes in ([], [DistanceProbe("hidden", USE_GRID, every_n_epochs=1, dirpath=tmp_path, log=None)]):
+        torch.manual_seed(1)
+        model = FrozenDropout(seed=3)
+        fit(model, probes, 2, loader(x, y, 128))
+        assert not model.drop.training
+        weights.append(model.state_dict())
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
 # ---------------------------------------------------------------- 4. dmlight's training with sweeps during it
 
 COMMON = ["experiment=use_distance_metrics", "perturbation=offset", "perturbation.every_n_epochs=4",
