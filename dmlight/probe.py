@@ -290,13 +290,14 @@ class DistanceProbe(pl.Callback):
                 self.done[directory] = recorded_epochs(directory, self.filename)
             if not final and epoch in self.done[directory]:
                 continue  # a resumed run already has this epoch's sweep
-            was_training = model.training
+            modes = [(m, m.training) for m in model.modules()]  # each its own: a frozen part stays in eval
             model.eval()
             try:
                 sweeps, ranges = self._sweeps(trainer, pl_module, model)
                 rows = sweep_rows(sweeps, points, ranges, self.cfg.get("unit"), epoch, self.print, label)
             finally:
-                model.train(was_training)
+                for m, training in modes:
+                    m.training = training
             self.record(directory, loggers, rows, ranges, trainer, epoch, final)
             self.done[directory].add(epoch)
 
