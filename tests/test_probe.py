@@ -277,7 +277,8 @@ def test_use_kinds_on_a_cnn_equal_the_papers_formulas(cnn_run, digits, layer, ac
     assert [float(r["min"]) for r in ranges] == lo.tolist() and [float(r["max"]) for r in ranges] == hi.tolist()
     if layer == "conv":  # channel 1 alone, the others as they are
         alone = accuracies(read_csv(out / "conv_use_unit1.csv"), epoch=3)
-        assert {k: float(v) for k, v in alone.items()} == reference(model, site, lo, hi, USE_GRID, digits, ("train",), 1)
+        expected = reference(model, site, lo, hi, USE_GRID, digits, ("train",), unit=1)
+        assert {k: float(v) for k, v in alone.items()} == expected
         assert len(set(alone.values())) >= 5
 
 
@@ -372,7 +373,7 @@ def test_sweeps_during_training_come_at_0_n_2n_and_the_end(tmp_path, digits, max
     x, y = sample(digits.x_train, digits.y_train, 900, seed=max_epochs)
     probes = [DistanceProbe("hidden", "use", every_n_epochs=every, dirpath=tmp_path, log=None),
               DistanceProbe("hidden", "learn", every_n_epochs=every, dirpath=tmp_path, filename="learn.csv", log=None)]
-    fit(TinyMLP(seed=4), probes, max_epochs, loader(x, y, 128))  # 7 batches, the last of 4 rows
+    fit(TinyMLP(seed=4), probes, max_epochs, loader(x, y, 128))  # 8 batches, the last of 4 rows
     for name, filename in (("use", "probe.csv"), ("learn", "learn.csv")):
         rows = read_csv(tmp_path / filename)
         assert {int(r["epoch"]) for r in rows} == epochs
@@ -604,7 +605,6 @@ class NotLogits(TinyMLP):
         return {"logits": super().forward(x)}
 
 
-@pytest.mark.slow
 def test_a_layer_that_is_not_a_submodule_is_refused_before_training(tmp_path, digits):
     model = DigitCNN(seed=2)
     before = {k: v.clone() for k, v in model.state_dict().items()}
@@ -624,7 +624,6 @@ def test_a_split_without_data_is_refused_by_name(tmp_path, digits):
             loader(digits.x_train[:300], digits.y_train[:300], 100))
 
 
-@pytest.mark.slow
 def test_the_test_split_without_data_is_refused_before_training(tmp_path, digits):
     model = TinyMLP(seed=1)
     before = {k: v.clone() for k, v in model.state_dict().items()}
@@ -645,7 +644,6 @@ def test_use_and_learn_kinds_in_one_probe_are_refused():
         DistanceProbe("hidden", {"kinds": ["offset", "clamp_min"], "grids": {"offset": [0.1], "clamp_min": [0.1]}})
 
 
-@pytest.mark.slow
 def test_a_model_whose_output_is_not_logits_is_refused(tmp_path, digits):
     x, y = sample(digits.x_train, digits.y_train, 300, seed=8)
     with pytest.raises(TypeError, match=r"NotLogits\(x\) returned dict; the probe needs logits \(rows, classes\)"):
@@ -697,8 +695,9 @@ def test_a_sequential_gives_the_same_counts_by_both_engines(tmp_path, digits, mo
         monkeypatch.setattr(probe_mod, "FAST_PATH_BYTES", 1 << 30 if engine == "split" else 0)
         for name, grid, unit in (("use", USE_GRID, None), ("learn", LEARN_GRID, None), ("learn1", LEARN_GRID, 3)):
             perturbation = {**grid, "unit": unit}
-            probe = DistanceProbe(layer, perturbation, splits=("train", "test"), data=data, model="net", activation=activation,
-                                  dirpath=tmp_path / engine, filename=f"{name}.csv", chunk_rows=777, log=None)
+            probe = DistanceProbe(layer, perturbation, splits=("train", "test"), data=data, model="net",
+                                  activation=activation, dirpath=tmp_path / engine, filename=f"{name}.csv",
+                                  chunk_rows=777, log=None)  # chunks of 777 rows: the last one shorter
             watch_only(net, [probe], x, y)
         assert set(used) == {engine}
         engines[engine] = {name: (tmp_path / engine / f"{name}.csv").read_text() for name in ("use", "learn", "learn1")}
