@@ -27,6 +27,7 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.utilities.seed import isolate_rng
 from torch import nn
 
 from dmlight.errors import UserError
@@ -96,8 +97,7 @@ class ProbeSite:
             return None
         k = names.index(self.target)
         trunk, tail = nn.Sequential(*[m for _, m in parts[: k + 1]]), nn.Sequential(*[m for _, m in parts[k + 1:]])
-        ranges_of = tail[0] if self.activation is not None and self.target == self.layer else None
-        return trunk, tail, ranges_of
+        return trunk, tail, self.ranges_module(model)  # the named activation, as HookSweep's (not always tail[0])
 
     def ranges_module(self, model: nn.Module) -> nn.Module | None:
         return model.get_submodule(self.activation) if self.activation and self.target == self.layer else None
@@ -299,12 +299,16 @@ class DistanceProbe(pl.Callback):
         if not trainer.is_global_zero:
             return
         points = sweep_points(self.cfg, self.site) if final and self.final_grid == "full" else self.during
+        with isolate_rng():  # reading a shuffled loader draws from the RNG the training's next epoch uses
+            self._sweep_targets(trainer, pl_module, epoch, final, points)
+
+    def _sweep_targets(self, trainer, pl_module, epoch: int, final: bool, points) -> None:
         for label, model, directory, loggers in self.targets(trainer, pl_module, final):
             if directory not in self.done:
                 self.done[directory] = recorded_epochs(directory, self.filename, self.layer)
             if not final and epoch in self.done[directory]:
                 continue  # a resumed run already has this epoch's sweep
-            was_training = model.training
+            modes = [(m, m.training) for m in model.modules()]  # each its own: a frozen part stays in eval
             model.eval()
             t0 = time.perf_counter()
             try:
@@ -313,7 +317,8 @@ class DistanceProbe(pl.Callback):
                 rows = sweep_rows(sweeps, points, ranges, self.cfg.get("unit"), epoch, self.print if final else None,
                                   label)
             finally:
-                model.train(was_training)
+                for m, training in modes:
+                    m.training = training
             if self.print and not final:
                 self.print(during_line(rows, self.layer, label, epoch, time.perf_counter() - t0))
             self.record(directory, loggers, rows, ranges, trainer, epoch, final)
@@ -343,13 +348,23 @@ class DistanceProbe(pl.Callback):
         return sweeps, ranges
 
     # -- Lightning hooks
+    def on_fit_start(self, trainer, pl_module) -> None:
+        if trainer.ckpt_path is None:  # a fresh fit measures every epoch again, even into a used dirpath
+            self.done = {d: set() for _, _, d, _ in self.targets(trainer, pl_module, final=False)}
+        for _, model, _, _ in self.targets(trainer, pl_module, final=False):
+            locate(model, self.layer, self.site, self.activation)  # a wrong name fails before training, not after
+        if "test" in sweep_splits(self.cfg) and self.data.get("test") is None:
+            raise ProbeError("the probe has no test data: Trainer.fit has no test dataloader. Pass "
+                             "DistanceProbe(data={'test': <DataLoader or (x, y)>}), or leave 'test' out of splits.")
+
     def on_train_start(self, trainer, pl_module) -> None:
         if self.every_n_epochs and trainer.current_epoch == 0:
             self.sweep(trainer, pl_module, 0, final=False)
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         done = trainer.current_epoch + 1
-        last = trainer.max_epochs is not None and trainer.max_epochs >= 0 and done >= trainer.max_epochs
+        last = trainer.max_epochs is not None and trainer.max_epochs >= 0 and done >= trainer.max_epochs \
+            or trainer.max_steps is not None and trainer.max_steps >= 0 and trainer.global_step >= trainer.max_steps
         if self.every_n_epochs and done % self.every_n_epochs == 0 and not last and not trainer.should_stop:
             self.sweep(trainer, pl_module, done, final=False)
 

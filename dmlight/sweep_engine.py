@@ -60,6 +60,14 @@ def unit_min_max(out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return flat.amin(1), flat.amax(1)
 
 
+def check_logits(logits, model: str) -> None:
+    """Both engines count argmax over dim 1 of (rows, classes) logits; anything else is refused."""
+    if not isinstance(logits, torch.Tensor) or logits.ndim != 2:
+        raise TypeError(f"{model}(x) returned {type(logits).__name__}"
+                        f"{tuple(logits.shape) if isinstance(logits, torch.Tensor) else ''}; the probe "
+                        "needs logits (rows, classes)")
+
+
 def perturb(out: torch.Tensor, scale, offset, lower, upper) -> torch.Tensor:
     """clamp(out * scale + offset, lower, upper) per unit (dim 1): USE's min(s x + t, c) and LEARN's clamps."""
     scale, offset, lower, upper = (per_unit(v, out) for v in (scale, offset, lower, upper))
@@ -112,7 +120,7 @@ class SplitSweep:
     @torch.inference_mode()
     def unit_ranges(self) -> UnitRanges:
         """Per-unit min/max of what the ranges are measured on (`ranges_of` of the output, or the output)."""
-        return UnitRanges(*unit_min_max(self.h if self.ranges_of is None else self.ranges_of(self.h)))
+        return UnitRanges(*unit_min_max(self.h if self.ranges_of is None else self.ranges_of(self.h.clone())))
 
     def correct(self, scale: torch.Tensor, offset: torch.Tensor, lower: torch.Tensor,
                 upper: torch.Tensor) -> list[int]:
@@ -152,10 +160,11 @@ class SplitSweep:
                 z = z + offset if z is rows else z.add_(offset)
             if lower is not None or upper is not None:
                 z = torch.clamp(z, lower, upper) if z is rows else z.clamp_(lower, upper)
-            if z is rows or self.activation_ is None:
-                logits = self.tail(z)
+            if z is rows or self.activation_ is None:  # a copy of h: the tail may start in place (ReLU(inplace=True))
+                logits = self.tail(z.clone() if z is rows else z)
             else:
                 logits = self.after_activation(self.activation_(z))
+            check_logits(logits, "Sequential")
             # max's indices follow argmax's rule (the first of equal maxima) and are faster on 10 columns
             correct += int((logits.max(1).indices == self.y[start: start + self.chunk_rows]).sum())
         return correct
@@ -205,10 +214,7 @@ class HookSweep:
             correct = 0
             for x, y in self.batches:
                 logits = self.model(x)
-                if not isinstance(logits, torch.Tensor) or logits.ndim != 2:
-                    raise TypeError(f"{type(self.model).__name__}(x) returned {type(logits).__name__}"
-                                    f"{tuple(logits.shape) if isinstance(logits, torch.Tensor) else ''}; the probe "
-                                    "needs logits (rows, classes)")
+                check_logits(logits, type(self.model).__name__)
                 correct += int((logits.argmax(1) == y).sum())
             return correct
         finally:
