@@ -707,3 +707,16 @@ def test_a_sequential_gives_the_same_counts_by_both_engines(tmp_path, digits, mo
     assert min(float(r["min"]) for r in ranges) >= 0  # the ReLU's output, not the layer's
     accs = [r["accuracy"] for name in ("use", "learn") for r in read_csv(tmp_path / "split" / f"{name}.csv")]
     assert len(set(accs)) > 10
+
+
+@pytest.mark.slow
+def test_a_second_fresh_fit_into_the_same_dirpath_sweeps_its_epochs_again(tmp_path, digits):
+    """Only a fit resumed from a checkpoint skips the epochs probe.csv already has; a fresh one measures them."""
+    x, y = sample(digits.x_train, digits.y_train, 300, seed=5)
+    for seed in (4, 9):
+        fit(TinyMLP(seed=seed), [DistanceProbe("hidden", "use", every_n_epochs=1, dirpath=tmp_path, log=None)], 2,
+            loader(x, y, 100))
+    rows = read_csv(tmp_path / "probe.csv")
+    baselines = [r for r in rows if r["kind"] == "baseline"]
+    assert [r["epoch"] for r in baselines] == ["0", "1", "2", "0", "1", "2"]
+    assert baselines[0]["accuracy"] != baselines[3]["accuracy"] or baselines[1]["accuracy"] != baselines[4]["accuracy"]
