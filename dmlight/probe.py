@@ -11,7 +11,7 @@ holds the formulas) and measures how accuracy falls:
   feature or a conv map's channel (dim 1). At the pre_activation site (USE's kinds) the
   layer's output is perturbed; at post_activation (LEARN's) the output of the activation
   that follows it. Unit ranges are measured on the training data at that activation's output.
-- Sweeps the full grid when fit ends, and with `every_n_epochs` also at epoch 0 and every
+- Sweeps the full grid when training ends, and with `every_n_epochs` also at epoch 0 and every
   N training epochs on the coarser `during_grids` (conf/perturbation/*.yaml).
 - Writes rows with an `epoch` column to `<dirpath>/probe.csv` and logs each sweep's
   accuracies to every logger of the Trainer (`probe/<layer>/<split>/<kind>/<magnitude>`).
@@ -209,14 +209,14 @@ class DistanceProbe(pl.Callback):
             default: where the kinds act.
         activation: the activation after `layer`, when it is not found by itself.
         every_n_epochs: also sweep at epoch 0 and every N training epochs, on the coarser
-            `during_grids`; None sweeps only when fit ends (the full grid).
+            `during_grids`; None sweeps only when training ends (the full grid).
         splits: where accuracy is measured: "train", "val", "test"; unit ranges always come
             from the training data.
         data: {split: DataLoader, or an (x, y) pair of tensors}; by default the Trainer's own
             train and val dataloaders. Batches are (x, y, ...) and model(x) gives logits.
         model: the attribute of the LightningModule to probe (default: the module itself).
         dirpath: where probe.csv goes (default: the Trainer's log_dir, else default_root_dir).
-        final_grid: "full" (the grids) or "during" (the coarse during_grids, for a quick look) when fit ends.
+        final_grid: "full" (the grids) or "during" (the coarse during_grids, for a quick look) when training ends.
 
     Example:
         >>> probe = DistanceProbe(layer="classifier.1", every_n_epochs=2, splits=("train", "val"))  # doctest: +SKIP
@@ -239,7 +239,7 @@ class DistanceProbe(pl.Callback):
         if every_n_epochs is not None and (isinstance(every_n_epochs, bool) or not isinstance(every_n_epochs, int)
                                            or every_n_epochs < 1):
             raise ProbeError(f"every_n_epochs={every_n_epochs!r}; accepted: a whole number >= 1, or None (null) to "
-                             "sweep only when fit ends.")
+                             "sweep only when training ends.")
         self.during = during_points(self.cfg) if every_n_epochs or final_grid == "during" else None
         if final_grid not in ("full", "during"):
             raise ProbeError(f"final_grid={final_grid!r}; accepted: full (the grids) or during (the coarse "
@@ -368,7 +368,8 @@ class DistanceProbe(pl.Callback):
         if self.every_n_epochs and done % self.every_n_epochs == 0 and not last and not trainer.should_stop:
             self.sweep(trainer, pl_module, done, final=False)
 
-    def on_fit_end(self, trainer, pl_module) -> None:
+    def on_train_end(self, trainer, pl_module) -> None:
+        # Training is over; the model is still on its device (Lightning moves it to the CPU before on_fit_end).
         self.sweep(trainer, pl_module, int(trainer.current_epoch), final=True)
 
 
@@ -437,6 +438,6 @@ class PerturbationSweep(DistanceProbe):
         if self.on:
             super().on_train_epoch_end(trainer, pl_module)
 
-    def on_fit_end(self, trainer, pl_module) -> None:
+    def on_train_end(self, trainer, pl_module) -> None:
         if self.on:
-            super().on_fit_end(trainer, pl_module)
+            super().on_train_end(trainer, pl_module)

@@ -23,12 +23,16 @@ def test_help_names_every_option():
         assert option in done.stdout
 
 
-def test_missing_data_is_a_short_error(tmp_path, monkeypatch):
-    monkeypatch.setenv("DMLIGHT_EXTRA_DATA_DIRS", str(tmp_path))
-    if FASHION.exists():
-        pytest.skip("Fashion-MNIST is installed system-wide here; the missing-data path cannot be shown")
-    done = run_example("--data-dir", str(tmp_path / "nowhere"), "--out", str(tmp_path / "out"))
-    assert done.returncode != 0 and "fashion" in done.stderr.lower() and "Traceback" not in done.stderr
+def test_missing_data_is_a_short_error(tmp_path):
+    """No Fashion-MNIST anywhere (the Debian folder pointed elsewhere): a one-line error naming the data set."""
+    code = ("import sys, runpy, dmlight.data as d; d.DEBIAN_FASHION_DIR = d.Path(sys.argv[1]); "
+            "sys.argv = [sys.argv[2], *sys.argv[3:]]; runpy.run_path(sys.argv[0], run_name='__main__')")
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path / "none"), str(EXAMPLE), "--data-dir",
+                           str(tmp_path / "nowhere"), "--out", str(tmp_path / "out")],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert done.stderr.startswith("probe_your_model: ") and "fashion" in done.stderr.lower()
+    assert "Traceback" not in done.stderr and not (tmp_path / "out").exists()
 
 
 @pytest.mark.slow
