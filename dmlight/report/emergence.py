@@ -177,9 +177,9 @@ def plot_emergence(table: pd.DataFrame, figures: Path) -> list[Path]:
             mesh = _heatmap(ax, grid.sort_index().sort_index(axis=1), kind)
         fig.colorbar(mesh, ax=axes[0].tolist(), label=f"{SPLIT} accuracy (%), mean over seeds", shrink=0.9)
         n = f"{g.n.min()}" if g.n.min() == g.n.max() else f"{g.n.min()}-{g.n.max()}"
+        over = "one run" if n == "1" else f"mean over {n} seeds"
         fig.suptitle(f"{label(*key, experiments)}: {SPLIT} accuracy under perturbation as training goes\n"
-                     f"mean over {n} seeds; bottom row = before training, top row = final sweep; "
-                     "dashed line = unperturbed network")
+                     f"{over}; bottom row = before training, top row = final sweep; dashed line = unperturbed network")
         several = sum(k[1] == key[1] for k in keys) > 1
         out.append(_save(fig, figures, "emergence_" + _slug("_".join(key) if several else key[1])))
     return out
