@@ -39,6 +39,26 @@ def kill_after_first_checkpoint(args: list[str], run_dir: Path, timeout: float =
     assert ckpt.exists() and not (Path(run_dir) / "summary.json").exists(), "killed before its first checkpoint"
 
 
+def crash_at_epoch(monkeypatch, cfg, run_dir: Path, epoch: int) -> None:
+    """Train `cfg` into `run_dir` and crash (RuntimeError) when epoch `epoch` ends, as a failed job would."""
+    import pytorch_lightning as pl
+
+    from dmlight import train as train_mod
+
+    class Crash(pl.Callback):
+        def on_train_epoch_end(self, trainer, module):
+            if trainer.current_epoch + 1 == epoch:
+                raise RuntimeError("simulated crash")
+
+    original = train_mod.make_callbacks
+    monkeypatch.setattr(train_mod, "make_callbacks", lambda *a: original(*a) + [Crash()])
+    try:
+        with pytest.raises(RuntimeError, match="simulated crash"):
+            train_mod.train(cfg, run_dir)
+    finally:
+        monkeypatch.setattr(train_mod, "make_callbacks", original)
+
+
 def train_cfg(*overrides: str):
     from dmlight.config import compose_config
 

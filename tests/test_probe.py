@@ -24,7 +24,7 @@ from dmlight.data import load_data
 from dmlight.layers import Abs
 from dmlight.probe import DistanceProbe, ProbeError
 from dmlight.train import member_dir, train
-from tests.conftest import kill_after_first_checkpoint, train_cfg
+from tests.conftest import crash_at_epoch, kill_after_first_checkpoint, train_cfg
 
 # Uneven grids, a handful of points each (magnitudes as fractions).
 USE_GRID = {"kinds": ["scale", "clip", "offset"],
@@ -491,21 +491,9 @@ def test_a_killed_and_resumed_run_sweeps_each_epoch_once(tmp_path, capsys):
 def test_a_run_resumed_from_before_its_last_sweep_does_not_sweep_that_epoch_again(tmp_path, monkeypatch):
     """A crash at epoch 7, after the sweep at 6 and the checkpoint at 4: the rerun trains epochs 5.. again
     and must not write epoch 6's rows twice."""
-    from dmlight import train as train_mod
-
     args = [*COMMON[:2], "perturbation.every_n_epochs=3", "trainer.max_epochs=11", "run.checkpoint_every=4",
             "seed=2"]
-
-    class Crash(pl.Callback):
-        def on_train_epoch_end(self, trainer, module):
-            if trainer.current_epoch + 1 == 7:
-                raise RuntimeError("simulated crash")
-
-    original = train_mod.make_callbacks
-    monkeypatch.setattr(train_mod, "make_callbacks", lambda *a: original(*a) + [Crash()])
-    with pytest.raises(RuntimeError, match="simulated crash"):
-        train(train_cfg(*args), tmp_path / "crashed")
-    monkeypatch.setattr(train_mod, "make_callbacks", original)
+    crash_at_epoch(monkeypatch, train_cfg(*args), tmp_path / "crashed", 7)
     assert Counter(r["epoch"] for r in read_csv(tmp_path / "crashed" / "perturbation.csv")) == \
         {"0": 29, "3": 29, "6": 29}
     train(train_cfg(*args), tmp_path / "crashed")  # resumes from epoch 4's checkpoint

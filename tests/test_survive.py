@@ -8,7 +8,7 @@ import pytest
 
 from dmlight.rundir import RunDirBusy, RunLock, read_metrics
 from dmlight.train import train
-from tests.conftest import REPO, kill_after_first_checkpoint, train_cfg
+from tests.conftest import REPO, crash_at_epoch, kill_after_first_checkpoint, train_cfg
 
 ARGS = ["experiment=use_distance_metrics", "perturbation=none", "trainer.max_epochs=200",
         "trainer.accelerator=cpu", "run.checkpoint_every=50", "run.log_every=25", "run.progress_every=0"]
@@ -60,23 +60,9 @@ def test_a_killed_lock_holder_leaves_no_stale_lock(tmp_path):
 def test_a_resumed_mini_batch_run_sees_the_batches_an_uninterrupted_one_does(tmp_path, monkeypatch):
     """Each epoch's batch order comes from (data.shuffle_seed, epoch): a crash and a rerun
     change nothing, down to the last digit of metrics.csv."""
-    import pytorch_lightning as pl
-
-    from dmlight import train as train_mod
-
     args = ["data=mnist5k", "data.batch_size=1000", "optimizer.lr=0.0005", "trainer.max_epochs=8",
             "run.checkpoint_every=3", "run.log_every=1"]
-
-    class Crash(pl.Callback):
-        def on_train_epoch_end(self, trainer, module):
-            if trainer.current_epoch + 1 == 5:
-                raise RuntimeError("simulated crash")
-
-    original = train_mod.make_callbacks
-    monkeypatch.setattr(train_mod, "make_callbacks", lambda *a: original(*a) + [Crash()])
-    with pytest.raises(RuntimeError, match="simulated crash"):
-        train(train_cfg(*args), tmp_path / "crashed")
-    monkeypatch.setattr(train_mod, "make_callbacks", original)
+    crash_at_epoch(monkeypatch, train_cfg(*args), tmp_path / "crashed", 5)
     assert not (tmp_path / "crashed" / "summary.json").exists()
     train(train_cfg(*args), tmp_path / "crashed")  # resumes from epoch 3's checkpoint
     train(train_cfg(*args), tmp_path / "straight")
