@@ -568,7 +568,7 @@ def test_every_logger_gets_the_numbers_of_probe_csv(tmp_path, digits):
 
 @pytest.mark.slow
 def test_tensorboard_gets_the_numbers_of_probe_csv(tmp_path, digits):
-    pytest.importorskip("tensorboard", reason="tensorboard is not installed")
+    pytest.importorskip("tensorboard", reason="tensorboard is not installed (make install adds it)")
     from pytorch_lightning.loggers import TensorBoardLogger
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
