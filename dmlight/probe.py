@@ -185,6 +185,17 @@ def during_points(cfg) -> dict[str, list[float]]:
     return sweep_points({**{k: cfg.get(k) for k in ("kinds", "splits", "unit")}, "grids": grids})
 
 
+def sweep_metrics(rows: list[dict], prefix: str) -> dict[str, float]:
+    """A sweep's rows as logger metrics: <prefix>/<split>/baseline and <prefix>/<split>/<kind>/<magnitude>.
+
+    Example:
+        >>> sweep_metrics([{"split": "train", "kind": "offset", "magnitude": -0.1, "accuracy": 0.5}], "probe/fc")
+        {'probe/fc/train/offset/-0.1': 0.5}
+    """
+    return {f"{prefix}/{r['split']}/" + ("baseline" if r["kind"] == "baseline" else f"{r['kind']}/{r['magnitude']:g}"):
+            r["accuracy"] for r in rows}
+
+
 def during_line(rows: list[dict], layer: str, label: str, epoch: int, seconds: float) -> str:
     """One line for a sweep during training: each kind's accuracy range on the first split, and the baseline."""
     split = rows[0]["split"]
@@ -285,11 +296,7 @@ class DistanceProbe(pl.Callback):
         append_results(directory, rows, self.filename, self.columns)
         if final:
             write_unit_ranges(directory, ranges, f"{Path(self.filename).stem}_{self.layer}_unit_ranges.csv")
-        metrics = {}
-        for r in rows:
-            key = f"probe/{self.layer}/{r['split']}/" + (
-                "baseline" if r["kind"] == "baseline" else f"{r['kind']}/{r['magnitude']:g}")
-            metrics[key] = r["accuracy"]
+        metrics = sweep_metrics(rows, f"probe/{self.layer}")
         for logger in loggers:
             logger.log_metrics(metrics, step=trainer.global_step)
             logger.save()
@@ -388,6 +395,7 @@ class PerturbationSweep(DistanceProbe):
         self.run_dirs = [Path(run_dirs)] if isinstance(run_dirs, (str, Path)) else [Path(d) for d in run_dirs]
         self.on = bool(cfg.get("kinds"))
         if not self.on:
+            self.every_n_epochs = None
             return
         layer = cfg.get("layer") or "hidden"
         filename, self.ranges_file = layer_files(layer)  # another layer's rows go to files of its own
@@ -424,20 +432,10 @@ class PerturbationSweep(DistanceProbe):
             write_unit_ranges(directory, ranges, self.ranges_file)
             log_sweep(loggers, rows)
         else:
-            metrics = {f"perturbation_during/{r['split']}/" + (
-                "baseline" if r["kind"] == "baseline" else f"{r['kind']}/{r['magnitude']:g}"): r["accuracy"]
-                for r in rows}
+            metrics = sweep_metrics(rows, "perturbation_during")
             for logger in loggers:
                 logger.log_metrics(metrics, step=epoch)  # the step of metrics.csv's rows
 
-    def on_train_start(self, trainer, pl_module) -> None:
-        if self.on:
-            super().on_train_start(trainer, pl_module)
-
-    def on_train_epoch_end(self, trainer, pl_module) -> None:
-        if self.on:
-            super().on_train_epoch_end(trainer, pl_module)
-
-    def on_train_end(self, trainer, pl_module) -> None:
-        if self.on:
-            super().on_train_end(trainer, pl_module)
+    def sweep(self, trainer, pl_module, epoch: int, final: bool) -> None:
+        if self.on:  # perturbation=none sweeps nothing
+            super().sweep(trainer, pl_module, epoch, final)

@@ -38,10 +38,10 @@ from torch import nn
 
 from dmlight.layers import Abs
 from dmlight.perturbation import PerturbationError, UnitRanges, stack_values, sweep_points, sweep_splits
+from dmlight.rundir import PERTURBATION_FILE as RESULTS_FILE, RANGES_FILE  # the names live in rundir
 
 COLUMNS = ("epoch", "kind", "magnitude", "split", "unit", "accuracy")
 RANGE_COLUMNS = ("unit", "min", "max", "range")
-RESULTS_FILE, RANGES_FILE = "perturbation.csv", "unit_ranges.csv"
 DEFAULT_CHUNK_ROWS = 4096
 MAX_WORKERS = 8  # past a few workers the GIL, held while each op is dispatched, is the limit
 IN_PLACE = {nn.ReLU: torch.relu_, Abs: torch.abs_}  # activations that can run in place
