@@ -161,7 +161,8 @@ def _config(perturbation) -> DictConfig:
             raise ProbeError(f"perturbation={perturbation!r}; accepted: {', '.join(names)}, or a mapping with kinds "
                              "and grids.")
         return compose_config([f"perturbation={perturbation}"]).perturbation
-    return perturbation if isinstance(perturbation, DictConfig) else OmegaConf.create(dict(perturbation))
+    # a copy: the probe sets its splits in it, and the caller's config stays as it was
+    return perturbation.copy() if isinstance(perturbation, DictConfig) else OmegaConf.create(dict(perturbation))
 
 
 def kinds_site(cfg) -> str:
