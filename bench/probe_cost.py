@@ -64,6 +64,8 @@ def main() -> dict:
     ap.add_argument("--json")
     args = ap.parse_args()
 
+    use = compose_config(["experiment=use_distance_metrics"]).perturbation
+    points = sum(len(v) for v in probe.during_points(use).values())  # the coarse grid of conf/perturbation/use.yaml
     shares, with_probe, without = [], [], []
     for _ in range(args.repeats):  # alternate, so drift hits both sides
         wall, during, final = run(args.epochs, args.every, args.data)
@@ -75,7 +77,7 @@ def main() -> dict:
     best = min(range(args.repeats), key=lambda i: shares[i])
     result = {
         "epochs": args.epochs, "every_n_epochs": args.every, "data": args.data,
-        "sweeps_during_training": len(during), "points_per_sweep": 96,
+        "sweeps_during_training": len(during), "points_per_sweep": points,
         "seconds_per_sweep_during": sum(during) / max(1, len(during)),
         "seconds_final_full_grid": sum(final),
         "training_seconds": training,
@@ -86,7 +88,7 @@ def main() -> dict:
         "goal_share": 0.10,
     }
     print(f"probe during training ({args.data}, {args.epochs} epochs, every {args.every}): "
-          f"{len(during)} sweeps x {result['seconds_per_sweep_during'] * 1000:.0f} ms; "
+          f"{len(during)} sweeps of {points} points x {result['seconds_per_sweep_during'] * 1000:.0f} ms; "
           f"share of training time {', '.join(f'{100 * s:.1f}%' for s in shares)} (goal <= 10%); "
           f"final full grid {sum(final):.2f} s; training alone {training:.2f} s")
     print(f"wall without the final sweep, best of {args.repeats}: with sweeps {min(with_probe):.2f} s, "

@@ -53,3 +53,13 @@ def test_offset_l2_bench_checks_same_numbers_and_counts_saved_memory(tmp_path):
     # layer keeps its inputs and output only (x, mu, alpha, y).
     assert r["dmlight_saved_mb"] == pytest.approx((4000 * 128 + 2 * 10 * 128 + 4000 * 10) * 4 / 2**20)
     assert r["plain_saved_mb"] > 10 * r["dmlight_saved_mb"]
+
+
+def test_probe_cost_bench_counts_the_sweeps_during_training(tmp_path):
+    stdout, r = bench("probe_cost.py", "--epochs", "20", "--every", "5", "--repeats", "1", tmp_path=tmp_path)
+    assert r["sweeps_during_training"] == 4  # epochs 0, 5, 10, 15; epoch 20 is the final sweep's
+    assert r["points_per_sweep"] == 34 + 34 + 28  # conf/perturbation/use.yaml's during_grids
+    assert len(r["probe_share_of_training"]) == len(r["wall_with_sweeps_s"]) == len(r["wall_without_sweeps_s"]) == 1
+    share = r["sweeps_during_training"] * r["seconds_per_sweep_during"] / r["training_seconds"]
+    assert r["probe_share_best"] == pytest.approx(share) and r["seconds_final_full_grid"] > 0
+    assert f"{100 * share:.1f}%" in stdout and "goal <= 10%" in stdout

@@ -708,3 +708,33 @@ def test_a_second_fresh_fit_into_the_same_dirpath_sweeps_its_epochs_again(tmp_pa
     baselines = [r for r in rows if r["kind"] == "baseline"]
     assert [r["epoch"] for r in baselines] == ["0", "1", "2", "0", "1", "2"]
     assert baselines[0]["accuracy"] != baselines[3]["accuracy"] or baselines[1]["accuracy"] != baselines[4]["accuracy"]
+
+
+@pytest.mark.slow
+def test_a_dmlight_run_prints_and_logs_each_sweep_during_training_as_perturbation_csv_has_it(tmp_path, capsys):
+    """The progress line of each sweep during training, and the loggers' perturbation_during/* values at step =
+    epoch, say what perturbation.csv holds for that epoch."""
+    run_dir = tmp_path / "run"
+    train(train_cfg(*COMMON, "seed=5", "logger=csv"), run_dir)
+    out = capsys.readouterr().out
+    rows = read_csv(run_dir / "perturbation.csv")
+    logged = {}
+    with open(run_dir / "csv_logs" / "metrics.csv") as f:
+        for r in csv.DictReader(f):
+            for key, value in r.items():
+                if key.startswith("perturbation_during/") and value != "":
+                    logged[(int(r["step"]), key)] = float(value)
+    want = {}
+    for epoch in ("0", "4", "8"):  # the sweeps during training; 10 is the final one
+        at = [r for r in rows if r["epoch"] == epoch]
+        base = next(float(r["accuracy"]) for r in at if r["kind"] == "baseline")
+        offsets = [100 * float(r["accuracy"]) for r in at if r["kind"] == "offset"]
+        line = (f"[probe hidden epoch {epoch}] train {100 * base:.1f}% unperturbed; "
+                f"offset {min(offsets):.0f}-{max(offsets):.0f}% (28 points, ")
+        assert line in out
+        want[(int(epoch), "perturbation_during/train/baseline")] = base
+        want.update({(int(epoch), f"perturbation_during/train/offset/{float(r['magnitude']):g}"): float(r["accuracy"])
+                     for r in at if r["kind"] == "offset"})
+    assert "[probe hidden epoch 10]" not in out
+    assert logged.keys() == want.keys()
+    assert all(logged[k] == pytest.approx(v, abs=1e-12) for k, v in want.items())

@@ -14,7 +14,7 @@ import pandas as pd
 from dmlight.report.checks import mean_drops, sensitivity
 from dmlight.report.figures import _colors, _plt, _save
 from dmlight.report.groups import SPLIT, USE_KINDS, group_key, label
-from dmlight.report.load import Runs, pct
+from dmlight.report.load import Runs, pct, read_sweep_file
 from dmlight.report.tables import baseline_acc
 from dmlight.report.thresholds import THRESHOLDS, Thresholds
 
@@ -283,10 +283,7 @@ def plot_probe_file(path: str | Path, figures: str | Path, th: Thresholds = THRE
     Example:
         >>> plot_probe_file("outputs/probe_example/probe.csv", "outputs/probe_example/figures")  # doctest: +SKIP
     """
-    frame = pd.read_csv(path, dtype={"kind": str, "split": str, "unit": str, "layer": str})
-    frame["unit"] = frame["unit"].fillna("all").astype(str).str.strip()
-    frame["magnitude"] = pd.to_numeric(frame["magnitude"], errors="coerce").round(12)
-    frame = frame.drop_duplicates(["layer", "epoch", "kind", "magnitude", "split", "unit"], keep="last")
+    frame = read_sweep_file(Path(path), keys=("layer",))
     frame = frame.assign(experiment="probe", model=frame.layer, site="pre_activation", run=frame.layer)
     if frame.epoch.nunique() < 2:
         return []

@@ -122,12 +122,18 @@ def read_perturbation(path: Path) -> pd.DataFrame:
     """A run's perturbation.csv, every sweep in it: `epoch` is the number of training epochs completed when the sweep
     ran (0 = before training; NaN in files older than the column, which hold one sweep, the final one). A point
     appended more than once at the same epoch (a rerun of the sweep) counts once, the last time."""
-    df = pd.read_csv(rundir.perturbation_path(path), dtype={"kind": str, "split": str, "unit": str})
+    return read_sweep_file(rundir.perturbation_path(path))
+
+
+def read_sweep_file(file: Path, keys: tuple[str, ...] = ()) -> pd.DataFrame:
+    """Sweep rows (perturbation.csv, or a DistanceProbe's probe.csv, whose `keys` add "layer") as numbers; a point
+    appended more than once at the same epoch counts once, the last time."""
+    df = pd.read_csv(file, dtype={"kind": str, "split": str, "unit": str, **{k: str for k in keys}})
     df["epoch"] = pd.to_numeric(df["epoch"], errors="coerce") if "epoch" in df else math.nan
     df["magnitude"] = pd.to_numeric(df["magnitude"], errors="coerce").round(12)  # float grids: key on 12 decimals
     df["accuracy"] = pd.to_numeric(df["accuracy"], errors="coerce")
-    df["unit"] = df["unit"].fillna("all").str.strip()
-    return df.drop_duplicates(["epoch", "kind", "magnitude", "split", "unit"], keep="last")
+    df["unit"] = df["unit"].fillna("all").astype(str).str.strip()
+    return df.drop_duplicates([*keys, "epoch", "kind", "magnitude", "split", "unit"], keep="last")
 
 
 def final_sweep(sweeps: pd.DataFrame) -> pd.DataFrame:
