@@ -11,22 +11,34 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from dmlight import rundir
 from dmlight.grid import hidden_setting, paper_name
-
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
-
+from dmlight.targets import target_of, user_model_name
 
 
-def _model_dir(arch: str, activation: str, head_bias, hidden=None) -> str:
+def _conf_dir() -> Path:
+    """dmlight's config folder: dmlight/conf inside an installed wheel (pyproject.toml ships the checkout's
+    top-level conf/ there), else the checkout's conf/ (a clone or an editable install)."""
+    package = Path(__file__).resolve().parent
+    shipped = package / "conf"
+    return shipped if (shipped / "config.yaml").is_file() else package.parent / "conf"
+
+
+CONF_DIR = _conf_dir()
+
+
+def _model_dir(arch: str, activation: str, head_bias, hidden=None, target=None) -> str:
     # A bad name must not fail inside Hydra's path interpolation (its error there is
     # unreadable); the model builder reports it properly a moment later.
     try:
+        if target:  # a user's own network (dmlight.targets)
+            return user_model_name({"name": arch, "_target_": target})
         return paper_name(arch, activation, str(head_bias).lower() == "true", hidden)
     except ValueError:
         return f"invalid-{arch}-{activation}"
 
 
-def _run_subdir(data, preprocess, arch, activation, head_bias, variant, seed, seeds, hidden=None) -> str:
-    model = _model_dir(arch, activation, head_bias, hidden)
+def _run_subdir(data, preprocess, arch, activation, head_bias, variant, seed, seeds, hidden=None,
+                target=None) -> str:
+    model = _model_dir(arch, activation, head_bias, hidden, target)
     return rundir.run_subdir(data, preprocess, model, variant or "", seed, seeds)
 
 
@@ -73,8 +85,10 @@ def pin_variant(cfg: DictConfig) -> DictConfig:
 
 
 def model_name(cfg: DictConfig) -> str:
-    """The paper name of the model a config trains, e.g. 'ReLU2-Neg' ('ReLU2-Neg_64x32' with arch.hidden=[64,32]).
-    A bad arch, activation or arch.hidden is a ConfigError naming it."""
+    """The paper name of the model a config trains, e.g. 'ReLU2-Neg' ('ReLU2-Neg_64x32' with arch.hidden=[64,32]);
+    a user's network's `arch.name`. A bad arch, activation or arch.hidden is a ConfigError naming it."""
+    if target_of(cfg.arch):  # a user's own network
+        return user_model_name(cfg.arch)
     return paper_name(cfg.arch.name, cfg.activation.name, bool(cfg.arch.head_bias), cfg.arch.get("hidden"))
 
 

@@ -20,7 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dmlight.errors import UserError
+from dmlight.errors import ConfigError, UserError
+from dmlight.targets import DATA_KEYS, call_target, target_of
 
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
 PREPROCESS = ("raw", "standardize")
@@ -51,6 +52,10 @@ class Splits:
 
     def as_tuple(self) -> tuple[torch.Tensor, ...]:
         return self.x_train, self.y_train, self.x_test, self.y_test
+
+    def sizes(self) -> tuple[int, int]:
+        """(in_features, n_classes): the inputs' width, and the largest label + 1."""
+        return self.x_train.shape[1], int(max(self.y_train.max(), self.y_test.max())) + 1
 
     def split(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
         if name not in ("train", "test"):
@@ -237,6 +242,65 @@ def load_data(name: str, preprocess: str = "raw", data_dir: str | Path = "data",
 
 
 def load_data_cfg(cfg, device="cpu") -> Splits:
-    """`load_data` from the `data` config group."""
+    """`load_data` from the `data` config group; a `_target_` there is a user's own data set (`user_data`)."""
+    if target_of(cfg):
+        return user_data(cfg).to(device)
     return load_data(cfg.name, cfg.preprocess, cfg.data_dir, cfg.get("download", True),
                      cfg.get("download_timeout", 20.0), device, cfg.get("n_train"), cfg.get("n_test"))
+
+
+def user_data(cfg) -> Splits:
+    """A user's data set: the `data._target_` config's call (dmlight.targets) as one tensor per split.
+
+    The target returns (x_train, y_train, x_test, y_test) (arrays or tensors), a Splits, or a
+    LightningDataModule, whose train and test dataloaders are read once. Inputs are flattened to
+    (n, features). uint8 images are preprocessed as MNIST's are (data.preprocess); other inputs are
+    taken as they come, with data.preprocess=raw.
+    """
+    where = f"data._target_={target_of(cfg)}"
+    made = call_target("data", cfg, DATA_KEYS)
+    if hasattr(made, "train_dataloader") and hasattr(made, "test_dataloader"):
+        made = _from_datamodule(made)
+    if isinstance(made, Splits):
+        made = made.as_tuple()
+    if not isinstance(made, (tuple, list)) or len(made) != 4:
+        raise ConfigError(f"{where} returned {type(made).__name__}; accepted: (x_train, y_train, x_test, y_test), "
+                          "a dmlight.data.Splits or a LightningDataModule.")
+    xs, ys = [torch.as_tensor(np.asarray(t) if not torch.is_tensor(t) else t) for t in made[::2]], \
+        [torch.as_tensor(np.asarray(t) if not torch.is_tensor(t) else t) for t in made[1::2]]
+    preprocess = cfg.get("preprocess", "raw")
+    if xs[0].dtype == torch.uint8:
+        xs = [preprocess_images(x.numpy(), preprocess) for x in xs]
+    elif preprocess != "raw":
+        raise ConfigError(f"{where} gives {xs[0].dtype} inputs; data.preprocess={preprocess} standardizes uint8 "
+                          "images with MNIST's mean and std only. Preprocess in your loader and set "
+                          "data.preprocess=raw.")
+    out = []
+    for split, x, y in zip(("train", "test"), xs, ys):
+        x = x.reshape(len(x), -1).float()
+        if y.ndim != 1 or len(y) != len(x) or y.is_floating_point() or len(x) == 0:
+            raise ConfigError(f"{where}: the {split} split has {len(x)} inputs and labels of shape {tuple(y.shape)} "
+                              f"({y.dtype}); accepted: one integer class label per input, at least one input.")
+        out += [x, y.long()]
+    if out[0].shape[1] != out[2].shape[1]:
+        raise ConfigError(f"{where}: train inputs have {out[0].shape[1]} features, test inputs {out[2].shape[1]}.")
+    return Splits(*out)
+
+
+def _from_datamodule(dm) -> tuple[torch.Tensor, ...]:
+    """Every (x, y) batch of a LightningDataModule's train and test dataloaders, concatenated."""
+    dm.prepare_data()
+    out = []
+    for stage, loader in (("fit", "train_dataloader"), ("test", "test_dataloader")):
+        dm.setup(stage)
+        batches = [(x, y) for x, y in getattr(dm, loader)()]
+        out += [torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches])]
+    return tuple(out)
+
+
+def input_size(cfg) -> tuple[int, int]:
+    """(in_features, n_classes) of the `data` config's set: MNIST's shape for dmlight's own sets; a user's
+    set (`data._target_`) is loaded to count them."""
+    if not target_of(cfg):
+        return 784, 10
+    return user_data(cfg).sizes()

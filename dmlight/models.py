@@ -25,6 +25,7 @@ from torch import nn
 from dmlight.errors import ConfigError
 from dmlight.grid import ACTIVATION_NAMES, ARCHS, SITES, check, hidden_widths, paper_name  # noqa: F401  (re-exported)
 from dmlight.layers import Abs, Neg, OffsetL2
+from dmlight.targets import ARCH_KEYS, call_target, target_of, user_model_name
 
 _MODULES = {"relu": nn.ReLU, "abs": Abs, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh, "gelu": nn.GELU,
             "leaky_relu": nn.LeakyReLU}
@@ -109,14 +110,25 @@ def build_model(arch: str, activation: str, head_bias: bool = False, hidden: int
     return Network(arch, activation, head_bias, hidden, in_features, n_classes, site)
 
 
-def model_from_config(cfg) -> Network:
-    """The network a dmlight config describes (its `arch` and `activation`), freshly initialised.
+def model_from_config(cfg, in_features: int = 784, n_classes: int = 10) -> nn.Module:
+    """The network a dmlight config describes (its `arch` and `activation`), freshly initialised; for a
+    user's own network (`arch._target_`, dmlight.targets) its target's module, with `in_features`,
+    `n_classes` (the data's) and the config's `.name` and `.site`.
 
     Example:
         >>> model_from_config(compose_config(["experiment=learn_distance_metrics", "arch=mlp2"])).name  # doctest: +SKIP
         'ReLU2'
     """
-    return build_model(cfg.arch.name, cfg.activation.name, cfg.arch.head_bias, cfg.arch.hidden, site=cfg.arch.site)
+    if target_of(cfg.arch):
+        check("perturbation site", cfg.arch.site, SITES)
+        net = call_target("arch", cfg.arch, ARCH_KEYS, in_features=in_features, n_classes=n_classes)
+        if not isinstance(net, nn.Module):
+            raise ConfigError(f"arch._target_={target_of(cfg.arch)} returned {type(net).__name__}, not a "
+                              "torch.nn.Module; return the network itself.")
+        net.name, net.site = user_model_name(cfg.arch), cfg.arch.site
+        return net
+    return build_model(cfg.arch.name, cfg.activation.name, cfg.arch.head_bias, cfg.arch.hidden, in_features,
+                       n_classes, site=cfg.arch.site)
 
 
 @torch.no_grad()
@@ -132,6 +144,8 @@ def unit_counts(net: Network, x: torch.Tensor, dead_tol: float = 1e-6, rare_frac
         >>> unit_counts(build_model("mlp2", "relu"), torch.zeros(8, 784))["activation"]["n"]
         128
     """
+    if not isinstance(net, Network):  # a user's network (arch._target_): which of its parts are activations is unknown
+        return ({}, net(x)) if return_output else {}
     counts, h = {}, x
     watched = net.activation_layers()
     for name, layer in net.named_children():

@@ -81,5 +81,29 @@ def main(cfg: DictConfig) -> None:
         sys.exit(2)
 
 
-if __name__ == "__main__":
+def quote_run_dir(argv: list[str]) -> list[str]:
+    """A run directory of a variant (`.../ReLU/optimizer.lr=0.0022,trainer.max_epochs=40/seed0`) holds `=` and `,`,
+    which Hydra's override grammar reads as syntax: such an unquoted `run_dir=` value is quoted whole. (To sweep
+    several of them with -m, quote each: run_dir="'<a>','<b>'".)
+
+    Example:
+        >>> quote_run_dir(["run_dir=out/ReLU/optimizer.lr=0.1,trainer.max_epochs=40/seed0", "run_dir=a,b"])
+        ["run_dir='out/ReLU/optimizer.lr=0.1,trainer.max_epochs=40/seed0'", 'run_dir=a,b']
+    """
+    out = []
+    for arg in argv:
+        key, _, value = arg.partition("=")
+        if key.lstrip("+") == "run_dir" and "=" in value and not any(q in value for q in "'\""):
+            arg = f"{key}='{value}'"
+        out.append(arg)
+    return out
+
+
+def cli() -> None:
+    """`dmlight-perturb [overrides]`, the same as `python -m dmlight.perturb`."""
+    sys.argv = quote_run_dir(sys.argv)
     main()
+
+
+if __name__ == "__main__":
+    cli()

@@ -11,11 +11,22 @@ import subprocess
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+CHECKOUT, INSTALLED = "git checkout", "installed package (no git checkout: commit unknown)"
+
+
+def source() -> str:
+    """Where this dmlight runs from: its own git checkout (a clone, an editable install), or an installed wheel.
+    An installed package's parent folder is site-packages, which may sit inside another project's git
+    repository: that repository's commit is not dmlight's, so git is asked only in dmlight's own checkout."""
+    own = (REPO / "pyproject.toml").is_file() and (REPO / "conf" / "config.yaml").is_file()
+    return CHECKOUT if own and (REPO / ".git").exists() else INSTALLED
 
 
 @functools.lru_cache(maxsize=1)
 def git_state() -> tuple[str | None, bool | None]:
-    """(commit, dirty) of the checkout dmlight runs from; (None, None) outside a git checkout."""
+    """(commit, dirty) of the checkout dmlight runs from; (None, None) outside one (see `source`)."""
+    if source() != CHECKOUT:
+        return None, None
     try:
         commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True,
                                 timeout=10)
@@ -45,7 +56,8 @@ def provenance(device) -> dict:
 
     Example:
         >>> sorted(provenance("cpu"))  # doctest: +NORMALIZE_WHITESPACE
-        ['device', 'device_name', 'dmlight', 'git_commit', 'git_dirty', 'lightning', 'python', 'torch', 'torch_threads']
+        ['device', 'device_name', 'dmlight', 'git_commit', 'git_dirty', 'lightning', 'python', 'source', 'torch',
+         'torch_threads']
     """
     import pytorch_lightning as pl
     import torch
@@ -55,6 +67,6 @@ def provenance(device) -> dict:
     device = torch.device(device)
     commit, dirty = git_state()
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
-    return {"dmlight": __version__, "git_commit": commit, "git_dirty": dirty, "torch": str(torch.__version__),
+    return {"dmlight": __version__, "source": source(), "git_commit": commit, "git_dirty": dirty, "torch": str(torch.__version__),
             "lightning": str(pl.__version__), "python": platform.python_version(), "device": str(device),
             "device_name": name, "torch_threads": torch.get_num_threads()}

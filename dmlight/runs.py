@@ -54,7 +54,9 @@ def load_run(run_dir: str | Path, require_complete: bool = True) -> Run:
                           "no checkpoints/last.ckpt): it crashed, diverged or is still training. Rerun its "
                           "training command to finish it" + (", or pass require_complete=False to load its "
                                                              "last checkpoint." if ckpt else "."))
-    model = model_from_config(cfg)
+    from dmlight.data import input_size
+
+    model = model_from_config(cfg, *input_size(cfg.data))
     state = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
     model.load_state_dict({k.removeprefix("net."): v for k, v in state.items() if k.startswith("net.")})
     return Run(run_dir, cfg, model.eval(), summary)

@@ -31,6 +31,7 @@ from dmlight.grid import hidden_setting
 from dmlight.loggers import finish_loggers, instantiate_group, make_loggers, offline_hint
 from dmlight.progress import seed_range
 from dmlight.sweep import record_sweep_failure
+from dmlight.targets import check_targets
 if TYPE_CHECKING:  # annotations only: Lightning loads where a run trains
     import pytorch_lightning as pl
 
@@ -49,14 +50,15 @@ logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(_NoTips())
 warnings.filterwarnings("ignore", message=r".*treespec, LeafSpec.*")
 
 
-def build_network(cfg: DictConfig, seed: int | None = None):
-    """The run's network with exactly the initial weights seed `seed` gives (cfg.seed by default)."""
+def build_network(cfg: DictConfig, seed: int | None = None, sizes: tuple[int, int] = (784, 10)):
+    """The run's network with exactly the initial weights seed `seed` gives (cfg.seed by default), for
+    inputs and classes of `sizes` (in_features, n_classes)."""
     import pytorch_lightning as pl
 
     from dmlight.models import model_from_config
 
     pl.seed_everything(cfg.seed if seed is None else seed, verbose=False)
-    return model_from_config(cfg)
+    return model_from_config(cfg, *sizes)
 
 
 def member_config(cfg: DictConfig, seed: int) -> DictConfig:
@@ -136,6 +138,7 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None,
         >>> summary = train(compose_config(["data=synthetic", "trainer.max_epochs=5"]), "/tmp/r")  # doctest: +SKIP
     """
     _config.settle_hidden(cfg)  # a bad arch.hidden fails here; [128] is saved as 128
+    check_targets(cfg)  # a user's data set or network (`_target_`) that cannot be found: before torch loads
     run_dir = rundir.run_dir(cfg) if run_dir is None else Path(run_dir)
     if cfg.get("seeds") is None:
         members = [(cfg, run_dir)]
@@ -227,7 +230,7 @@ def _fit(cfg: DictConfig, todo: list[tuple[DictConfig, Path]], name: str,
     if cfg.run.get("num_threads"):
         torch.set_num_threads(cfg.run.num_threads)
     data = load_data_cfg(cfg.data)
-    nets = [build_network(c) for c, _ in todo]
+    nets = [build_network(c, sizes=data.sizes()) for c, _ in todo]
     net = nets[0] if len(nets) == 1 else Ensemble(nets)
     module = DistanceModule(net, data, hydra.utils.instantiate(cfg.optimizer), cfg.data.batch_size,
                             cfg.eval_every, cfg.data.get("shuffle_seed", 0), cfg.run.get("member_group"))

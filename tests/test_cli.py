@@ -83,6 +83,7 @@ def test_every_summary_says_what_produced_it(tmp_path):
     want = {"dmlight": dmlight.__version__, "torch": torch.__version__, "lightning": pl.__version__,
             "python": platform.python_version(), "device": "cpu", "device_name": cpu,
             "git_commit": git("rev-parse", "HEAD") or None,
+            "source": "git checkout" if git("rev-parse", "HEAD") else "installed package (no git checkout: commit unknown)",
             "git_dirty": bool(git("status", "--porcelain", "--untracked-files=no")) if git("rev-parse", "HEAD") else None}
     cfg = train_cfg("data=synthetic", "trainer.max_epochs=4", "seeds=[2,5]", "run.num_threads=1", "logger=csv",
                     f"paths.output_dir={tmp_path}")

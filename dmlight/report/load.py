@@ -26,8 +26,8 @@ def pct(x):
 
 
 # What produced a run's numbers (summary.json's provenance block; dmlight/provenance.py); "" when a summary predates it.
-PROVENANCE_COLUMNS = ["dmlight", "git_commit", "git_dirty", "torch", "lightning", "python", "device", "device_name",
-                      "torch_threads"]
+PROVENANCE_COLUMNS = ["dmlight", "source", "git_commit", "git_dirty", "torch", "lightning", "python", "device",
+                      "device_name", "torch_threads"]
 RUN_COLUMNS = ["run", "path", "experiment", "model", "seed", "data", "preprocess", "epochs", "arch", "activation",
                "head_bias", "hidden", "lr", "variant", "site", "train_loss", "train_acc", "test_acc", "wall_time_s",
                *PROVENANCE_COLUMNS]
