@@ -87,6 +87,19 @@ def wants_pinning(trainer: dict, n_gpus: int, parallel: bool) -> bool:
             and trainer.get("devices") in (1, "1", None))
 
 
+def usable_cores() -> int:
+    """The cores this process may run on, not the node's: its CPU affinity (taskset, SLURM's --cpus-per-task
+    cpuset) and its cgroup CPU quota (a container's), counted as joblib counts them for its own workers."""
+    import joblib  # hydra-joblib-launcher's dependency; imported where parallel jobs start
+
+    return max(1, int(joblib.cpu_count()))
+
+
 def cpu_threads_per_job(n_jobs: int) -> int:
-    """Cores split evenly between parallel CPU jobs, so they do not oversubscribe."""
-    return max(1, (os.cpu_count() or 1) // max(1, int(n_jobs)))
+    """Usable cores split evenly between parallel CPU jobs, so they do not oversubscribe.
+
+    Example:
+        >>> cpu_threads_per_job(10 ** 6)
+        1
+    """
+    return max(1, usable_cores() // max(1, int(n_jobs)))

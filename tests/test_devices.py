@@ -1,6 +1,7 @@
 """Device choice and per-job GPU pinning, checked without a GPU."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -84,8 +85,27 @@ def test_parallel_cpu_jobs_split_the_cores(monkeypatch):
     monkeypatch.setattr(devices, "visible_gpus", lambda: 0)
     cfg = train_cfg("data=synthetic", "trainer.accelerator=auto")
     with job_device(cfg, fake_hydra(RunMode.MULTIRUN, "x.JoblibLauncher", n_jobs=2)):
-        assert cfg.run.num_threads == max(1, (os.cpu_count() or 1) // 2)
+        assert cfg.run.num_threads == max(1, len(os.sched_getaffinity(0)) // 2)
         assert cfg.trainer.accelerator == "auto"
+
+
+@pytest.mark.parametrize("affinity, n_jobs, want", [(range(64), 4, 16), ({3, 9, 17, 40}, 4, 1), ({5, 6, 7}, 2, 1),
+                                                    (range(12), 5, 2)])
+def test_jobs_split_the_cores_they_may_use_not_the_nodes(monkeypatch, affinity, n_jobs, want):
+    """SLURM's --cpus-per-task, taskset and cpusets restrict the affinity; a 64-core node's os.cpu_count() stays 64."""
+    monkeypatch.setattr(os, "cpu_count", lambda: 64)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(affinity))
+    assert devices.cpu_threads_per_job(n_jobs) == want
+
+
+def test_one_usable_core_under_taskset_is_one_thread_per_job():
+    if shutil.which("taskset") is None:
+        pytest.skip("taskset (util-linux) is not installed")
+    code = "from dmlight.devices import cpu_threads_per_job as t; print(t(1), t(2))"
+    res = subprocess.run(["taskset", "-c", "0", sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
+                         timeout=60)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stdout.split() == ["1", "1"]
 
 
 @pytest.mark.slow
@@ -95,7 +115,7 @@ def test_gpus_launcher_runs_parallel_cpu_jobs_here(tmp_path):
     assert res.returncode == 0, res.stderr[-2000:]
     summaries = [json.loads(p.read_text()) for p in tmp_path.glob("default/*/*/trainer.max_epochs=20/seed0/summary.json")]
     assert sorted(s["model_name"] for s in summaries) == ["ReLU", "Tanh"]
-    assert all(s["device"] == "cpu" and s["torch_threads"] == max(1, (os.cpu_count() or 1) // 2)
+    assert all(s["device"] == "cpu" and s["torch_threads"] == max(1, len(os.sched_getaffinity(0)) // 2)
                for s in summaries)
 
 
