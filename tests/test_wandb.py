@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -242,3 +243,63 @@ def test_a_diverged_members_run_stops_at_its_divergence_epoch(tmp_path):
         w = read_run(tmp_path / f"seed{seed}")
         steps = [row[STEP] for row in w["history"] if "train/loss" in row]
         assert steps == list(range(1, epochs + 1)) and w["run"]["display_name"] == f"ReLU-seed{seed}"
+
+
+# ---- W&B's own idea of "logged in": each case in a fresh process with a fake HOME (W&B reads its settings once).
+
+KEY = "0123456789abcdef0123456789abcdef01234567"  # 40 characters, the form of a W&B API key; never sent anywhere
+
+
+def _custom_host(home: Path) -> dict:
+    """What `wandb login --host https://wandb.example.org` leaves: the host in W&B's settings, the key in netrc."""
+    (home / ".config" / "wandb").mkdir(parents=True)
+    (home / ".config" / "wandb" / "settings").write_text("[default]\nbase_url = https://wandb.example.org\n")
+    (home / ".netrc").write_text(f"machine wandb.example.org\n  login user\n  password {KEY}\n")
+    (home / ".netrc").chmod(0o600)
+    return {}
+
+
+def _settings_key(home: Path) -> dict:
+    (home / ".config" / "wandb").mkdir(parents=True)
+    (home / ".config" / "wandb" / "settings").write_text(f"[default]\napi_key = {KEY}\n")
+    return {}
+
+
+def _token_file(home: Path) -> dict:
+    (home / "token").write_text("a-federated-identity-token\n")
+    return {"WANDB_IDENTITY_TOKEN_FILE": str(home / "token")}
+
+
+def _another_hosts_key(home: Path) -> dict:
+    """A netrc key for the default host, but W&B is set to another server: W&B would not use it."""
+    _custom_host(home)
+    (home / ".netrc").write_text(f"machine api.wandb.ai\n  login user\n  password {KEY}\n")
+    return {}
+
+
+@pytest.mark.parametrize("setup, extra, want", [
+    (lambda home: {}, {}, "offline"),
+    (_custom_host, {}, "online"),
+    (_settings_key, {}, "online"),
+    (_token_file, {}, "online"),
+    (_another_hosts_key, {}, "offline"),
+    (_custom_host, {"WANDB_MODE": "disabled"}, "disabled"),
+    (lambda home: {}, {"WANDB_MODE": "online"}, "online"),  # the explicit override comes first
+])
+def test_wandb_mode_asks_wandb_for_credentials(tmp_path, setup, extra, want):
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_") and k != "NETRC"}
+    env.update({"HOME": str(home), **setup(home), **extra})
+    before = sorted(str(p) for p in home.rglob("*"))
+    code = ("from pathlib import Path; from dmlight.config import compose_config; "
+            "from dmlight.loggers import offline_hint; cfg = compose_config(['logger=wandb']); "
+            "print(cfg.logger.wandb.mode); offline_hint(cfg, [Path('runs/seed3')], 'ReLU')")
+    res = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
+                         timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+    lines = res.stdout.splitlines()
+    assert lines[0] == want
+    hint = "[ReLU] wandb offline (no account or network): sync later with `wandb sync runs/seed3/wandb/offline-run-*`"
+    assert lines[1:] == ([hint] if want == "offline" else [])
+    assert sorted(str(p) for p in home.rglob("*")) == before  # asking wrote nothing, prompted for nothing
