@@ -8,9 +8,11 @@ holds the formulas) and measures how accuracy falls:
     trainer = pl.Trainer(callbacks=[DistanceProbe(layer="features.0", every_n_epochs=5)])
 
 - `layer` names any submodule (`model.named_modules()`); each unit is a Linear output's
-  feature or a conv map's channel (dim 1). At the pre_activation site (USE's kinds) the
+  feature (its last axis: (n, seq, features) in a transformer too) or a conv map's channel
+  (axis 1); `unit_dim=` for any other module. At the pre_activation site (USE's kinds) the
   layer's output is perturbed; at post_activation (LEARN's) the output of the activation
-  that follows it. Unit ranges are measured on the training data at that activation's output.
+  that follows it. Unit ranges are measured on the training data at that activation's output
+  (`activation_fn=` when the model calls it as a function); the probe says which, once.
 - Sweeps the full grid when training ends, and with `every_n_epochs` also at epoch 0 and every
   N training epochs on the coarser `during_grids` (conf/perturbation/*.yaml).
 - Writes rows with an `epoch` column to `<dirpath>/probe.csv` and logs each sweep's
@@ -34,6 +36,7 @@ from dmlight.errors import UserError
 from dmlight.layers import Abs
 from dmlight.loggers import member_loggers
 from dmlight.perturbation import KINDS, PerturbationError, sweep_points, sweep_splits
+from dmlight.rundir import read_json, write_json_atomic
 from dmlight.sweep_engine import (DEFAULT_CHUNK_ROWS, HookSweep, SplitSweep, append_results, layer_files,
                                   recorded_epochs, sweep_rows, write_unit_ranges)
 from dmlight.wandb_log import log_sweep
@@ -78,16 +81,60 @@ def call_order(model: nn.Module, x: torch.Tensor) -> list[str]:
     return order
 
 
+def unit_dim_of(module: nn.Module, unit_dim: int | None = None) -> int | None:
+    """The axis of `module`'s output that holds its units: `unit_dim` when given; a Linear's features, the last
+    axis wherever the Linear sits ((n, features), a transformer's (n, seq, features)); a conv's channels, axis 1;
+    None for any other module (its (rows, units) output's axis 1; a larger output needs `unit_dim`).
+
+    Example:
+        >>> unit_dim_of(nn.Linear(4, 3)), unit_dim_of(nn.Conv2d(1, 8, 3)), unit_dim_of(nn.Tanh())
+        (-1, 1, None)
+    """
+    if unit_dim is not None:
+        return int(unit_dim)
+    if isinstance(module, nn.Linear):
+        return -1
+    if isinstance(module, nn.modules.conv._ConvNd):
+        return 1
+    return None
+
+
+# Identity in eval mode (the probe's): looked past when finding the activation after a layer.
+PASS_THROUGH = (nn.modules.dropout._DropoutNd, nn.Identity)
+OWN_OUTPUT = "the layer's own output"
+
+
 @dataclass
 class ProbeSite:
     """Where a probe acts: `target` is the module whose output is perturbed, `activation` the one the
-    unit ranges are measured after (None: ranges of the target's own output)."""
+    unit ranges are measured after, or `activation_fn` the callable applied to the layer's output to
+    measure them (None for both: ranges of the layer's own output, `ranges_after` says so); `unit_dim`
+    the axis of the layer's output that holds its units (`unit_dim_of`)."""
 
     layer: str
     site: str
     activation: str | None
     target: str
     n_units: int | None
+    unit_dim: int | None = 1
+    activation_fn: object = None
+
+    @property
+    def ranges_after(self) -> str:
+        """What the unit ranges are measured on, in words (the probe prints it and writes it beside its rows)."""
+        if self.activation is not None:
+            return f"activation module {self.activation!r}"
+        if self.activation_fn is not None:
+            fn = self.activation_fn
+            name = getattr(fn, "__name__", None)
+            return f"activation_fn {getattr(fn, '__module__', None) or '?'}.{name}" if name else f"activation_fn {fn!r}"
+        return OWN_OUTPUT
+
+    @property
+    def units(self) -> str:
+        """The unit axis in words."""
+        axis = {-1: "features (the output's last axis)", 1: "channels (axis 1)", None: "axis 1"}
+        return axis.get(self.unit_dim, f"axis {self.unit_dim}")
 
     def split(self, model: nn.Module):
         """(trunk, tail, ranges_of) of a Sequential model at the target, or None when it is not one."""
@@ -99,8 +146,13 @@ class ProbeSite:
         trunk, tail = nn.Sequential(*[m for _, m in parts[: k + 1]]), nn.Sequential(*[m for _, m in parts[k + 1:]])
         return trunk, tail, self.ranges_module(model)  # the named activation, as HookSweep's (not always tail[0])
 
-    def ranges_module(self, model: nn.Module) -> nn.Module | None:
-        return model.get_submodule(self.activation) if self.activation and self.target == self.layer else None
+    def ranges_module(self, model: nn.Module):
+        """What turns the target's output into the values the ranges are measured on (None: the output itself)."""
+        if self.target != self.layer:  # post_activation: the target is the activation
+            return None
+        if self.activation is not None:
+            return model.get_submodule(self.activation)
+        return self.activation_fn
 
     def check_unit(self, unit, n: int) -> None:
         if unit is not None and not 0 <= unit < n:
@@ -109,17 +161,20 @@ class ProbeSite:
 
 
 def locate(model: nn.Module, layer: str, site: str = "pre_activation", activation: str | None = None,
-           sample: torch.Tensor | None = None) -> ProbeSite:
+           sample: torch.Tensor | None = None, activation_fn=None, unit_dim: int | None = None) -> ProbeSite:
     """Resolve `layer` (and the activation after it) in `model`.
 
-    The activation is `activation` when named, else the module called right after `layer`
-    when it is an elementwise activation: the next entry of a Sequential, or, for any other
-    model, the next leaf module that a forward pass on `sample` calls.
+    The activation is `activation` when named, else (without `activation_fn`) the module called right
+    after `layer` (past dropout and identity modules) when it is an elementwise activation: the next
+    entries of a Sequential, or, for any other model, the next leaf modules that a forward pass on
+    `sample` calls. `activation_fn` (e.g. torch.relu) is applied to the layer's output to measure the
+    unit ranges when the model calls its activation as a function.
 
     Example:
         >>> net = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
-        >>> locate(net, "0", "post_activation")
-        ProbeSite(layer='0', site='post_activation', activation='1', target='1', n_units=3)
+        >>> locate(net, "0", "post_activation")  # doctest: +NORMALIZE_WHITESPACE
+        ProbeSite(layer='0', site='post_activation', activation='1', target='1', n_units=3, unit_dim=-1,
+                  activation_fn=None)
     """
     modules = dict(model.named_modules())
     for what, name in (("layer", layer), ("activation", activation)):
@@ -132,23 +187,32 @@ def locate(model: nn.Module, layer: str, site: str = "pre_activation", activatio
     if site not in ("pre_activation", "post_activation"):
         raise ProbeError(f"site={site!r}; accepted: pre_activation (USE's scale, clip, offset) or post_activation "
                          "(LEARN's clamp_min, clamp_max).")
-    if activation is None:
+    if activation_fn is not None:
+        if activation is not None or not callable(activation_fn):
+            raise ProbeError(f"activation_fn={activation_fn!r}: pass a callable (e.g. torch.relu), and not together "
+                             f"with activation={activation!r}; one says what the ranges are measured after.")
+        if site == "post_activation":
+            raise ProbeError("site=post_activation perturbs an activation module's output, and activation_fn is a "
+                             "function the probe cannot hook: make the activation a module (nn.ReLU() in place of "
+                             "F.relu) and name it, activation=<name>.")
+    if activation is None and activation_fn is None:
         parts = sequential_parts(model)
         names = [n for n, _ in parts] if parts is not None else []
         if layer in names:
             order = names
         else:
             order = call_order(model, sample) if sample is not None else []
-        if layer in order and order.index(layer) + 1 < len(order):
-            after = order[order.index(layer) + 1]
-            activation = after if is_activation(modules[after]) else None
+        after = order[order.index(layer) + 1:] if layer in order else []
+        while after and isinstance(modules[after[0]], PASS_THROUGH):
+            after = after[1:]
+        activation = after[0] if after and is_activation(modules[after[0]]) else None
         if activation is not None and order.count(activation) > 1:
             raise ProbeError(f"the activation after {layer!r}, {activation!r}, is called {order.count(activation)} "
                              "times per forward pass; give each use its own module, or name it: activation=<name>.")
     target = activation if site == "post_activation" and activation is not None else layer
     base = modules[layer]
     n_units = getattr(base, "out_features", None) or getattr(base, "out_channels", None)
-    return ProbeSite(layer, site, activation, target, n_units)
+    return ProbeSite(layer, site, activation, target, n_units, unit_dim_of(base, unit_dim), activation_fn)
 
 
 def _config(perturbation) -> DictConfig:
@@ -219,7 +283,13 @@ class DistanceProbe(pl.Callback):
             clamp_min, clamp_max), or a mapping with its keys (kinds, grids, during_grids, ...).
         site: pre_activation (the layer's output) or post_activation (the activation's after it);
             default: where the kinds act.
-        activation: the activation after `layer`, when it is not found by itself.
+        activation: the activation module after `layer`, when it is not found by itself.
+        activation_fn: a function (e.g. torch.relu) applied to the layer's output to measure the unit
+            ranges, for models that call their activation as a function (nn.TransformerEncoderLayer's
+            linear1). Without either, and no activation module right after the layer, the ranges are the
+            layer's own output's; the probe prints which and writes it to `<stem>_sites.json`.
+        unit_dim: the axis of the layer's output that holds its units; by default a Linear's last
+            axis and a conv's axis 1 (needed for any other module whose output has more than 2 axes).
         every_n_epochs: also sweep at epoch 0 and every N training epochs, on the coarser
             `during_grids`; None sweeps only when training ends (the full grid).
         splits: where accuracy is measured: "train", "val", "test"; unit ranges always come
@@ -240,8 +310,10 @@ class DistanceProbe(pl.Callback):
     def __init__(self, layer: str, perturbation="use", site: str | None = None, activation: str | None = None,
                  every_n_epochs: int | None = None, splits=("train",), data: dict | None = None,
                  model: str | None = None, dirpath: str | Path | None = None, filename: str = "probe.csv",
-                 chunk_rows: int = DEFAULT_CHUNK_ROWS, final_grid: str = "full", log=print):
+                 chunk_rows: int = DEFAULT_CHUNK_ROWS, final_grid: str = "full", log=print, activation_fn=None,
+                 unit_dim: int | None = None):
         self.layer, self.activation, self.model_attr = layer, activation, model
+        self.activation_fn, self.unit_dim = activation_fn, unit_dim
         self.cfg = _config(perturbation)
         if splits is not None:
             self.cfg.splits = list(splits)
@@ -260,6 +332,10 @@ class DistanceProbe(pl.Callback):
         self.every_n_epochs, self.data = every_n_epochs, data or {}
         self.dirpath, self.filename, self.chunk_rows, self.print = dirpath, filename, chunk_rows, log
         self.done: dict[Path, set[int]] = {}
+        self.noted: set[Path] = set()
+
+    def locate(self, model: nn.Module, sample: torch.Tensor | None = None) -> ProbeSite:
+        return locate(model, self.layer, self.site, self.activation, sample, self.activation_fn, self.unit_dim)
 
     # -- what is probed, where results go (dmlight's PerturbationSweep overrides these)
     def targets(self, trainer, pl_module, final: bool) -> list[tuple[str, nn.Module, Path, list]]:
@@ -302,6 +378,24 @@ class DistanceProbe(pl.Callback):
             logger.log_metrics(metrics, step=trainer.global_step)
             logger.save()
 
+    def note_site(self, directory: Path, where: ProbeSite, n_units: int) -> None:
+        """Say once per directory what the probe measures: its units and what their ranges are taken after; the
+        same in <stem>_sites.json beside the rows (one entry per layer, so probes sharing a file keep theirs)."""
+        if directory in self.noted:
+            return
+        self.noted.add(directory)
+        fallback = " (no activation module follows it: name one, activation=..., or pass activation_fn=...)" \
+            if where.ranges_after == OWN_OUTPUT else ""
+        if self.print:
+            self.print(f"[probe {self.layer}] {n_units} units, its {where.units}; unit ranges measured on "
+                       f"{where.ranges_after}{fallback}; perturbed at {where.target!r} ({where.site})")
+        path = directory / f"{Path(self.filename).stem}_sites.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        sites = read_json(path) or {}
+        sites[self.layer] = {"site": where.site, "perturbed": where.target, "units": n_units, "unit_axis": where.units,
+                             "unit_dim": where.unit_dim, "ranges_after": where.ranges_after}
+        write_json_atomic(path, sites)
+
     # -- the sweep
     def sweep(self, trainer, pl_module, epoch: int, final: bool) -> None:
         if not trainer.is_global_zero:
@@ -320,7 +414,7 @@ class DistanceProbe(pl.Callback):
             model.eval()
             t0 = time.perf_counter()
             try:
-                sweeps, ranges = self._sweeps(trainer, pl_module, model)
+                sweeps, ranges = self._sweeps(trainer, pl_module, model, directory)
                 # a line per kind at the end; one line per sweep during training
                 rows = sweep_rows(sweeps, points, ranges, self.cfg.get("unit"), epoch, self.print if final else None,
                                   label)
@@ -332,9 +426,9 @@ class DistanceProbe(pl.Callback):
             self.record(directory, loggers, rows, ranges, trainer, epoch, final)
             self.done[directory].add(epoch)
 
-    def _sweeps(self, trainer, pl_module, model):
+    def _sweeps(self, trainer, pl_module, model, directory: Path):
         train = self.batches(trainer, pl_module, "train")
-        where = locate(model, self.layer, self.site, self.activation, train[0][0][:2] if train else None)
+        where = self.locate(model, train[0][0][:2] if train else None)
         parts = where.split(model)
         if parts is not None and train:
             with torch.inference_mode():
@@ -345,12 +439,15 @@ class DistanceProbe(pl.Callback):
         def one(batches):
             if parts is not None:
                 x, y = torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches])
-                return SplitSweep(parts[0], parts[1], x, y, parts[2], self.chunk_rows)
-            return HookSweep(model, model.get_submodule(where.target), batches, where.ranges_module(model))
+                return SplitSweep(parts[0], parts[1], x, y, parts[2], self.chunk_rows, unit_dim=where.unit_dim,
+                                  layer=self.layer)
+            return HookSweep(model, model.get_submodule(where.target), batches, where.ranges_module(model),
+                             unit_dim=where.unit_dim, layer=self.layer)
 
         first = one(train)
         ranges = first.unit_ranges()
         where.check_unit(self.cfg.get("unit"), len(ranges.min))
+        self.note_site(directory, where, len(ranges.min))
         sweeps = {split: first if split == "train" else one(self.batches(trainer, pl_module, split))
                   for split in sweep_splits(self.cfg)}
         return sweeps, ranges
@@ -360,7 +457,7 @@ class DistanceProbe(pl.Callback):
         if trainer.ckpt_path is None:  # a fresh fit measures every epoch again, even into a used dirpath
             self.done = {d: set() for _, _, d, _ in self.targets(trainer, pl_module, final=False)}
         for _, model, _, _ in self.targets(trainer, pl_module, final=False):
-            locate(model, self.layer, self.site, self.activation)  # a wrong name fails before training, not after
+            self.locate(model)  # a wrong name fails before training, not after
         if "test" in sweep_splits(self.cfg) and self.data.get("test") is None:
             raise ProbeError("the probe has no test data: Trainer.fit has no test dataloader. Pass "
                              "DistanceProbe(data={'test': <DataLoader or (x, y)>}), or leave 'test' out of splits.")
@@ -436,6 +533,9 @@ class PerturbationSweep(DistanceProbe):
             metrics = sweep_metrics(rows, "perturbation_during")
             for logger in loggers:
                 logger.log_metrics(metrics, step=epoch)  # the step of metrics.csv's rows
+
+    def note_site(self, directory: Path, where: ProbeSite, n_units: int) -> None:
+        pass  # dmlight's networks: a Linear's features, ranges after its activation module (unit_ranges.csv)
 
     def sweep(self, trainer, pl_module, epoch: int, final: bool) -> None:
         if self.on:  # perturbation=none sweeps nothing

@@ -1,7 +1,7 @@
 """Run a perturbation grid (dmlight.perturbation) on a network at one of its layers; write the results.
 
-Two engines count a point's correct predictions; both compute, per unit (dim 1: a Linear's
-feature, a conv map's channel), `clamp(out * scale + offset, lower, upper)` at the probed
+Two engines count a point's correct predictions; both compute, per unit (a Linear's feature, its
+output's last axis; a conv map's channel, axis 1), `clamp(out * scale + offset, lower, upper)` at the probed
 module's output and give the same counts (tests/test_probe.py):
 
 - `SplitSweep`, when the probed module is an entry of an `nn.Sequential` (nested ones are
@@ -47,17 +47,35 @@ MAX_WORKERS = 8  # past a few workers the GIL, held while each op is dispatched,
 IN_PLACE = {nn.ReLU: torch.relu_, Abs: torch.abs_}  # activations that can run in place
 
 
-def per_unit(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """(units,) values shaped to act on dim 1 of `like`: (units,) for (n, units), (units, 1, 1) for a conv map."""
-    return values.view(-1, *([1] * (like.ndim - 2)))
+def per_unit(values: torch.Tensor, like: torch.Tensor, dim: int = 1) -> torch.Tensor:
+    """(units,) values shaped to act on axis `dim` of `like`: (units,) for (n, units), (units, 1, 1) for a conv
+    map's channels (dim 1), (units,) for the features of a (n, seq, units) Linear output (dim -1)."""
+    shape = [1] * like.ndim
+    shape[dim] = -1
+    return values.view(shape)
 
 
-def unit_min_max(out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-unit (dim 1) min and max over every other dim (rows, and a conv map's positions)."""
-    if out.ndim == 2:
+def unit_min_max(out: torch.Tensor, dim: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-unit (axis `dim`) min and max over every other axis (rows, a conv map's positions, a sequence's)."""
+    if out.ndim == 2 and dim in (1, -1):
         return out.amin(0), out.amax(0)
-    flat = out.transpose(0, 1).reshape(out.shape[1], -1)
+    flat = out.movedim(dim, 0).reshape(out.shape[dim], -1)
     return flat.amin(1), flat.amax(1)
+
+
+def unit_axis(out: torch.Tensor, dim: int | None, layer: str) -> int:
+    """The axis of `out` that holds `layer`'s units: `dim` (dmlight.probe.unit_dim_of), or axis 1 of a
+    (rows, units) output; a larger output with no known axis is an error naming the layer."""
+    if dim is not None:
+        if not -out.ndim <= dim < out.ndim:
+            raise PerturbationError(f"unit_dim={dim} is not an axis of {layer!r}'s output, shape {tuple(out.shape)}; "
+                                    f"accepted: {-out.ndim}..{out.ndim - 1}.")
+        return dim
+    if out.ndim == 2:
+        return 1
+    raise PerturbationError(f"which axis of {layer!r}'s output, shape {tuple(out.shape)}, holds its units? The probe "
+                            "knows a Linear's (its features, the last axis) and a conv's (its channels, axis 1). "
+                            "Pass unit_dim=, e.g. unit_dim=-1 for features last or unit_dim=1 for channels.")
 
 
 def check_logits(logits, model: str) -> None:
@@ -68,9 +86,9 @@ def check_logits(logits, model: str) -> None:
                         "needs logits (rows, classes)")
 
 
-def perturb(out: torch.Tensor, scale, offset, lower, upper) -> torch.Tensor:
-    """clamp(out * scale + offset, lower, upper) per unit (dim 1): USE's min(s x + t, c) and LEARN's clamps."""
-    scale, offset, lower, upper = (per_unit(v, out) for v in (scale, offset, lower, upper))
+def perturb(out: torch.Tensor, scale, offset, lower, upper, dim: int = 1) -> torch.Tensor:
+    """clamp(out * scale + offset, lower, upper) per unit (axis `dim`): USE's min(s x + t, c) and LEARN's clamps."""
+    scale, offset, lower, upper = (per_unit(v, out, dim) for v in (scale, offset, lower, upper))
     return torch.clamp(out * scale + offset, min=lower, max=upper)
 
 
@@ -102,12 +120,13 @@ class SplitSweep:
     """
 
     def __init__(self, trunk: nn.Module, tail: nn.Sequential, x: torch.Tensor, y: torch.Tensor,
-                 ranges_of: nn.Module | None = None, chunk_rows: int = DEFAULT_CHUNK_ROWS,
-                 workers: int | None = None):
+                 ranges_of=None, chunk_rows: int = DEFAULT_CHUNK_ROWS, workers: int | None = None,
+                 unit_dim: int | None = 1, layer: str = "layer"):
         self.tail, self.y, self.ranges_of = tail, y, ranges_of
         with torch.inference_mode():
             self.h = trunk(x)
-            self.h_min, self.h_max = unit_min_max(self.h)
+            self.dim = unit_axis(self.h, unit_dim, layer)
+            self.h_min, self.h_max = unit_min_max(self.h, self.dim)
         self.n = len(self.y)
         self.on_cpu = self.h.device.type == "cpu"
         self.chunk_rows = max(1, int(chunk_rows)) if self.on_cpu else len(self.h)
@@ -120,7 +139,7 @@ class SplitSweep:
     @torch.inference_mode()
     def unit_ranges(self) -> UnitRanges:
         """Per-unit min/max of what the ranges are measured on (`ranges_of` of the output, or the output)."""
-        return UnitRanges(*unit_min_max(self.h if self.ranges_of is None else self.ranges_of(self.h.clone())))
+        return UnitRanges(*unit_min_max(self.h if self.ranges_of is None else self.ranges_of(self.h.clone()), self.dim))
 
     def correct(self, scale: torch.Tensor, offset: torch.Tensor, lower: torch.Tensor,
                 upper: torch.Tensor) -> list[int]:
@@ -139,13 +158,13 @@ class SplitSweep:
 
     def _point(self, scale, offset, lower, upper) -> int:
         """One point's count, without the steps that change no value (see the module docstring)."""
-        scale = per_unit(scale, self.h) if bool((scale != 1).any()) else None
-        offset = per_unit(offset, self.h) if bool((offset != 0).any()) else None
+        scale = per_unit(scale, self.h, self.dim) if bool((scale != 1).any()) else None
+        offset = per_unit(offset, self.h, self.dim) if bool((offset != 0).any()) else None
         if scale is None and offset is None and bool((lower <= self.h_min).all()) \
                 and bool((upper >= self.h_max).all()):
             return self.baseline  # no value of this split moves
-        lower = per_unit(lower, self.h) if bool((lower > -math.inf).any()) else None
-        upper = per_unit(upper, self.h) if bool((upper < math.inf).any()) else None
+        lower = per_unit(lower, self.h, self.dim) if bool((lower > -math.inf).any()) else None
+        upper = per_unit(upper, self.h, self.dim) if bool((upper < math.inf).any()) else None
         return self._count(scale, offset, lower, upper)
 
     @torch.inference_mode()
@@ -185,15 +204,22 @@ class HookSweep:
         2
     """
 
-    def __init__(self, model: nn.Module, module: nn.Module, batches: list, ranges_of: nn.Module | None = None):
+    def __init__(self, model: nn.Module, module: nn.Module, batches: list, ranges_of=None,
+                 unit_dim: int | None = 1, layer: str = "layer"):
         self.model, self.module, self.batches = model, module, batches
         self.n = sum(len(y) for _, y in batches)
+        self.dim = unit_dim
         seen: list[tuple[torch.Tensor, torch.Tensor]] = []
 
         def watch(_, __, out):
-            seen.append(unit_min_max(out if ranges_of is None else ranges_of(out.clone())))
+            self.dim = unit_axis(out, unit_dim, layer)
+            seen.append(unit_min_max(out if ranges_of is None else ranges_of(out.clone()), self.dim))
 
         self.baseline = self._count(watch)
+        if not seen:
+            raise PerturbationError(f"{layer!r} ({type(module).__name__}) was not called in a forward pass of "
+                                    f"{type(model).__name__}, so it cannot be perturbed there: probe a module that "
+                                    "forward() calls (a fused kernel may bypass its submodules).")
         self._ranges = UnitRanges(torch.stack([lo for lo, _ in seen]).amin(0),
                                   torch.stack([hi for _, hi in seen]).amax(0))
 
@@ -205,7 +231,7 @@ class HookSweep:
         """Correct predictions per point; each argument is (points, units), as `stack_values` gives."""
         device = self.batches[0][0].device if self.batches else "cpu"
         points = zip(*(t.to(device, torch.float32) for t in (scale, offset, lower, upper)))
-        return [self._count(lambda _, __, out, p=p: perturb(out, *p)) for p in points]
+        return [self._count(lambda _, __, out, p=p: perturb(out, *p, self.dim)) for p in points]
 
     @torch.inference_mode()
     def _count(self, hook) -> int:
@@ -231,8 +257,9 @@ def network_sweep(net: nn.Module, x: torch.Tensor, y: torch.Tensor, layer: str =
     """
     from dmlight.probe import locate  # the probe resolves a layer name to the network's parts
 
-    trunk, tail, ranges_of = locate(net, layer, net.site).split(net)
-    return SplitSweep(trunk, tail, x, y, ranges_of, **kw)
+    where = locate(net, layer, net.site)
+    trunk, tail, ranges_of = where.split(net)
+    return SplitSweep(trunk, tail, x, y, ranges_of, unit_dim=where.unit_dim, layer=layer, **kw)
 
 
 def sweep_rows(sweeps: dict, points: dict[str, list[float]], ranges: UnitRanges, unit: int | None = None,
