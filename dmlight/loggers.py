@@ -22,6 +22,8 @@ def wandb_mode(requested: str | None = None) -> str:
     mode = requested or os.environ.get("WANDB_MODE")
     if mode:
         return mode
+    if os.environ.get("WANDB_MODE") == "":  # set but empty means unset here; W&B's own settings refuse ""
+        del os.environ["WANDB_MODE"]
     return "online" if wandb_credentials() else "offline"
 
 

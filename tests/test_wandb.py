@@ -285,6 +285,7 @@ def _another_hosts_key(home: Path) -> dict:
     (_another_hosts_key, {}, "offline"),
     (_custom_host, {"WANDB_MODE": "disabled"}, "disabled"),
     (lambda home: {}, {"WANDB_MODE": "online"}, "online"),  # the explicit override comes first
+    (lambda home: {}, {"WANDB_MODE": ""}, "offline"),        # set but empty: as unset (W&B itself refuses "")
 ])
 def test_wandb_mode_asks_wandb_for_credentials(tmp_path, setup, extra, want):
     home = tmp_path / "home"
