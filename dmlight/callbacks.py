@@ -13,6 +13,7 @@ from dmlight.errors import NonFiniteLoss
 from dmlight.loggers import member_loggers
 from dmlight.progress import format_rate, format_seconds
 from dmlight.rundir import METRICS_COLUMNS, last_checkpoint_path
+from dmlight.wandb_log import learning_curves
 
 
 def _fmt(v: float) -> str:
@@ -90,10 +91,7 @@ class RunRecorder(pl.Callback):
             for member in members:
                 if epoch > diverged.get(member, epoch):
                     continue
-                loss, acc, test = block[member, i].tolist()
-                metrics = {"train/loss": loss, "train/acc": acc}
-                if not math.isnan(test):
-                    metrics["test/acc"] = test
+                metrics = learning_curves(*block[member, i].tolist())
                 for logger in own[member]:
                     logger.log_metrics(metrics, step=epoch)
                 if shared:

@@ -123,6 +123,7 @@ def member_dirs(job_dir: str | Path, seeds) -> dict[int, Path]:
 # The files of a run directory (see above), and the statuses its summary.json may say.
 CONFIG_FILE, METRICS_FILE, SUMMARY_FILE = "config.yaml", "metrics.csv", "summary.json"
 PERTURBATION_FILE, FAILED_FILE, RANGES_FILE = "perturbation.csv", "failed.json", "unit_ranges.csv"
+WANDB_STATE_FILE = "wandb_run.json"  # the run's W&B id and last logged step (dmlight.wandb_logger)
 RUN_FILES = (CONFIG_FILE, SUMMARY_FILE, METRICS_FILE)  # a folder holding one of these is a run (or a sweep root)
 COMPLETE, DIVERGED = "complete", "diverged"
 FINISHED = (COMPLETE, DIVERGED)  # the statuses of a finished run (one with a summary)
@@ -273,7 +274,7 @@ def status(run_dir: Path) -> str | None:
 def reset_run(run_dir: Path) -> None:
     """Remove what training wrote (summary, metrics, checkpoints), keeping config.yaml: a retry starts afresh."""
     run_dir = Path(run_dir)
-    for name in (SUMMARY_FILE, METRICS_FILE, PERTURBATION_FILE, RANGES_FILE, FAILED_FILE):
+    for name in (SUMMARY_FILE, METRICS_FILE, PERTURBATION_FILE, RANGES_FILE, FAILED_FILE, WANDB_STATE_FILE):
         (run_dir / name).unlink(missing_ok=True)
     for other_layer in (*run_dir.glob("perturbation_*.csv"), *run_dir.glob("unit_ranges_*.csv")):
         other_layer.unlink()

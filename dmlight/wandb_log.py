@@ -21,6 +21,19 @@ LEARNING_CURVES = ("train/loss", "train/acc", "test/acc")
 SCORECARD = "table/scorecard"
 
 
+def learning_curves(loss: float, acc: float, test: float | None) -> dict[str, float]:
+    """One epoch's row of the learning curves (a test accuracy of None or NaN: not evaluated that epoch).
+
+    Example:
+        >>> learning_curves(0.5, 0.875, float("nan"))
+        {'train/loss': 0.5, 'train/acc': 0.875}
+    """
+    row = dict(zip(LEARNING_CURVES[:2], (float(loss), float(acc))))
+    if test is not None and test == test:
+        row[LEARNING_CURVES[2]] = float(test)
+    return row
+
+
 def magnitude_key(kind: str) -> str:
     """The x axis of a perturbation kind's curves, e.g. 'perturbation/offset/magnitude'."""
     return f"perturbation/{kind}/magnitude"

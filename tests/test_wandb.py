@@ -304,3 +304,58 @@ def test_wandb_mode_asks_wandb_for_credentials(tmp_path, setup, extra, want):
     hint = "[ReLU] wandb offline (no account or network): sync later with `wandb sync runs/seed3/wandb/offline-run-*`"
     assert lines[1:] == ([hint] if want == "offline" else [])
     assert sorted(str(p) for p in home.rglob("*")) == before  # asking wrote nothing, prompted for nothing
+
+
+# ---- One W&B run per seed across a crash.
+
+def read_attempts(run_dir: Path) -> list[dict]:
+    """Every offline W&B run folder of `run_dir`, oldest first, read with W&B's own reader (`wandb leet inspect`)."""
+    out = []
+    for log in sorted(run_dir.glob("wandb/offline-run-*/run-*.wandb"), key=lambda p: p.stat().st_mtime_ns):
+        text = subprocess.run([sys.executable, "-m", "wandb", "leet", "inspect", "--json", str(log)],
+                              capture_output=True, text=True, timeout=120, check=True).stdout
+        records = [json.loads(line) for line in text.splitlines() if line.strip()]
+        run = next(r["run"] for r in records if r["type"] == "run")
+        summary = {}
+        for r in records:
+            summary.update(r.get("summary", {}).get("update", {}))
+        history = [{k: v for k, v in r["history"]["item"].items() if k not in NOISE}
+                   for r in records if r["type"] == "history"]
+        out.append({"id": run["run_id"], "history": history, "summary": summary})
+    return out
+
+
+@pytest.mark.slow
+def test_a_run_killed_and_rerun_continues_its_wandb_run(tmp_path, monkeypatch):
+    from tests.conftest import kill_after_first_checkpoint
+
+    # A W&B run in this process (another test's) exports its service: the killed child's stream would stay open
+    # there, as it would in any parent process that runs wandb. A shell has none; neither do these commands.
+    monkeypatch.delenv("WANDB_SERVICE", raising=False)
+
+    args = ["experiment=learn_distance_metrics", "data=synthetic", "trainer.max_epochs=400", "run.checkpoint_every=100",
+            "run.log_every=10", "run.progress_every=0", "perturbation=none", "seed=7", "logger=wandb",
+            "logger.wandb.mode=offline", "trainer.accelerator=cpu"]
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    res = run_module("dmlight.train", *args, f"hydra.run.dir={whole}", timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    kill_after_first_checkpoint(args, killed)
+    first = read_attempts(killed)
+    assert len(first) == 1 and first[0]["history"], "the killed attempt logged nothing"
+    res = run_module("dmlight.train", *args, f"hydra.run.dir={killed}", timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+
+    attempts, reference = read_attempts(killed), read_attempts(whole)
+    assert len(attempts) == 2 and len(reference) == 1
+    ids = {a["id"] for a in attempts}
+    assert len(ids) == 1  # one W&B run for the seed
+    assert ids == {json.loads((killed / "wandb_run.json").read_text())["id"]}  # the id kept in the run directory
+    rows = [row for a in attempts for row in a["history"]]
+    epochs = [row["trainer/global_step"] for row in rows]
+    steps = [row["_step"] for row in rows]
+    assert epochs == list(range(1, 401))  # no epoch twice, none missing
+    assert steps == sorted(set(steps)) and steps[0] == 0  # W&B's own step goes on across the attempts
+    assert attempts[1]["history"][0]["_step"] == attempts[0]["history"][-1]["_step"] + 1
+    assert rows == reference[0]["history"]  # what an uninterrupted run logged, row for row
+    final = {k: v for k, v in attempts[1]["summary"].items() if "/" in k}
+    assert final and final == {k: v for k, v in reference[0]["summary"].items() if "/" in k}
