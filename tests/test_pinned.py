@@ -106,3 +106,42 @@ def test_a_resumed_run_sees_the_batches_of_an_uninterrupted_one(tmp_path, monkey
     assert full.epochs[3] != full.epochs[4]
     a = (tmp_path / "full" / "metrics.csv").read_text()
     assert a == (tmp_path / "resumed" / "metrics.csv").read_text()
+
+
+@pytest.mark.slow
+def test_a_retired_member_keeps_the_parameters_it_diverged_with(tmp_path):
+    """Seed 3 at lr 1000 with a head bias: its loss is inf at epoch 5, after which plain SGD keeps moving the head
+    bias (its gradient stays finite). Retired at the epoch it diverged, its parameters must stay those of that
+    epoch's step (a plain PyTorch loop's, bit for bit), not what 25 further steps make of them."""
+    import torch.nn.functional as F
+
+    from dmlight.data import load_data
+    from dmlight.models import build_model
+    from dmlight.train import train
+
+    class Final(pl.Callback):
+        def on_train_end(self, trainer, module):
+            self.members = [{k: v.detach().clone() for k, v in m.state_dict().items()} for m in module.members()]
+
+    final = Final()
+    out = train(train_cfg("experiment=use_distance_metrics", "perturbation=none", "optimizer.lr=1000",
+                          "trainer.max_epochs=30", "run.log_every=1", "seeds=[3,4,8]",
+                          f"paths.output_dir={tmp_path}"), callbacks=[final])
+    assert [(s["status"], s.get("diverged_epoch")) for s in out] == [("diverged", 5), ("complete", None),
+                                                                      ("complete", None)]
+    data = load_data("mnist5k")
+    pl.seed_everything(3, verbose=False)
+    net = build_model("mlp", "relu", head_bias=True)
+    opt = torch.optim.SGD(net.parameters(), lr=1000)
+    after = {}
+    for epoch in range(1, 31):
+        opt.zero_grad()
+        loss = F.cross_entropy(net(data.x_train), data.y_train)
+        loss.backward()
+        opt.step()
+        after[epoch] = {k: v.detach().clone() for k, v in net.state_dict().items()}
+        assert torch.isfinite(loss) == (epoch != 5)  # inf at epoch 5 only: the divergence the run recorded
+    retired = final.members[0]
+    assert all(torch.equal(retired[k], after[5][k]) for k in retired)
+    assert all(torch.isfinite(v).all() for v in retired.values())
+    assert not torch.equal(after[5]["head.bias"], after[30]["head.bias"])  # the steps it was spared move it
