@@ -8,7 +8,6 @@ CPU jobs, splitting the cores between them.
 from __future__ import annotations
 
 import fcntl
-import os
 import time
 from pathlib import Path
 

@@ -1,7 +1,6 @@
 """The small layers both papers compose their networks from."""
 from __future__ import annotations
 
-import math
 
 import torch
 import torch.nn.functional as F

@@ -74,15 +74,13 @@ def instantiate_group(specs, what: str, **runtime) -> list:
     return built
 
 
-def make_loggers(cfg: DictConfig, run_dir: Path, name: str, hint: bool = True) -> list:
-    """The Lightning loggers `cfg.logger` lists (conf/logger/), for the run in `run_dir`, with the run's
-    config and its paper model name (`model_name`, what the dashboard groups by) logged as hyperparameters.
-    `hint` prints how to sync an offline W&B run later."""
-    from dmlight.config import model_name
-
+def make_loggers(cfg: DictConfig, run_dir: Path, name: str, model_name: str, hint: bool = True) -> list:
+    """The Lightning loggers `cfg.logger` lists (conf/logger/), for the run in `run_dir` (`name`: the run's name,
+    e.g. 'ReLU-seed3'), with the run's config and its paper model name (`model_name`, what the dashboard groups
+    by) logged as hyperparameters. `hint` prints how to sync an offline W&B run later."""
     loggers = instantiate_group(cfg.get("logger"), "logger", save_dir=str(run_dir), name=name)
     for logger in loggers:
-        logger.log_hyperparams({**OmegaConf.to_container(cfg, resolve=True), "model_name": model_name(cfg)})
+        logger.log_hyperparams({**OmegaConf.to_container(cfg, resolve=True), "model_name": model_name})
     if hint:
         offline_hint(cfg, [run_dir], name)
     return loggers

@@ -71,13 +71,14 @@ class Ensemble(nn.Module):
     """Several networks of one architecture trained as one stacked model (one member per seed).
 
     Parameters are stacked along a leading member axis and the members' own `Network` is
-    walked part by part: a Linear runs for every member at once (`stacked_linear`; the shared
-    input goes through one matrix product), OffsetL2 broadcasts over the member axis, and the
-    parameter-free parts (activations, Neg) are the template's own modules. No
-    architecture is written twice, and on a CPU every member's numbers are bit-identical to
-    its solo run's.
+    walked part by part: a Linear runs for every member at once (`stacked_linear`: on a GPU the
+    shared input goes through one matrix product, on a CPU through each member's own `F.linear`),
+    OffsetL2 broadcasts over the member axis, and the parameter-free parts (activations, Neg)
+    are the template's own modules. No architecture is written twice, and on a CPU every
+    member's numbers are bit-identical to its solo run's.
 
     Example:
+        >>> from dmlight.models import build_model
         >>> nets = [build_model("mlp", "relu") for _ in range(3)]
         >>> Ensemble(nets)(torch.zeros(5, 784)).shape
         torch.Size([3, 5, 10])

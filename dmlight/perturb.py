@@ -26,7 +26,7 @@ from dmlight.config import CONF_DIR
 from dmlight.data import DataError, Splits
 from dmlight.errors import UserError
 from dmlight.perturbation import PerturbationError, sweep_points
-from dmlight.probe import ProbeError, locate
+from dmlight.site import ProbeError, locate
 from dmlight.runs import RunDirError, load_run
 from dmlight.sweep_engine import append_results, layer_files, run_sweep, write_unit_ranges
 

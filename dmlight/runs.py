@@ -36,8 +36,8 @@ def load_run(run_dir: str | Path, require_complete: bool = True) -> Run:
 
     Example:
         >>> run = load_run("outputs/use_distance_metrics/mnist5k-raw/ReLU_Bias/seed0")  # doctest: +SKIP
-        >>> x_train, y_train, x_test, y_test = run.data()
-        >>> (run.model(x_test).argmax(1) == y_test).float().mean()
+        >>> x_train, y_train, x_test, y_test = run.data()                                           # doctest: +SKIP
+        >>> (run.model(x_test).argmax(1) == y_test).float().mean()                                 # doctest: +SKIP
     """
     from dmlight.models import model_from_config
 

@@ -39,6 +39,7 @@ from torch import nn
 from dmlight.layers import Abs
 from dmlight.perturbation import PerturbationError, UnitRanges, stack_values, sweep_points, sweep_splits
 from dmlight.rundir import PERTURBATION_FILE as RESULTS_FILE, RANGES_FILE  # the names live in rundir
+from dmlight.site import locate
 
 COLUMNS = ("epoch", "kind", "magnitude", "split", "unit", "accuracy")
 RANGE_COLUMNS = ("unit", "min", "max", "range")
@@ -64,7 +65,7 @@ def unit_min_max(out: torch.Tensor, dim: int = 1) -> tuple[torch.Tensor, torch.T
 
 
 def unit_axis(out: torch.Tensor, dim: int | None, layer: str) -> int:
-    """The axis of `out` that holds `layer`'s units: `dim` (dmlight.probe.unit_dim_of), or axis 1 of a
+    """The axis of `out` that holds `layer`'s units: `dim` (dmlight.site.unit_dim_of), or axis 1 of a
     (rows, units) output; a larger output with no known axis is an error naming the layer."""
     if dim is not None:
         if not -out.ndim <= dim < out.ndim:
@@ -255,8 +256,6 @@ def network_sweep(net: nn.Module, x: torch.Tensor, y: torch.Tensor, layer: str =
         >>> network_sweep(build_model("mlp", "abs"), torch.rand(9, 784), torch.zeros(9, dtype=torch.long)).n
         9
     """
-    from dmlight.probe import locate  # the probe resolves a layer name to the network's parts
-
     where = locate(net, layer, net.site)
     trunk, tail, ranges_of = where.split(net)
     return SplitSweep(trunk, tail, x, y, ranges_of, unit_dim=where.unit_dim, layer=layer, **kw)

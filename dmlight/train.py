@@ -240,7 +240,7 @@ def _fit(cfg: DictConfig, todo: list[tuple[DictConfig, Path]], name: str,
     label = name if len(todo) == 1 else f"{name} seeds {seed_range(c.seed for c, _ in todo)}"
     # One set of loggers per member, from its solo config: an ensemble member's W&B run is its solo run's
     # twin (name, group, tags, config, keys, steps); the RunRecorder logs each member to its own.
-    loggers = [lg for c, d in todo for lg in make_loggers(c, d, f"{name}-seed{c.seed}", hint=False)]
+    loggers = [lg for c, d in todo for lg in make_loggers(c, d, f"{name}-seed{c.seed}", name, hint=False)]
     offline_hint(cfg, run_dirs, label)
     summaries = {}
 
