@@ -25,7 +25,7 @@ import torch
 
 from results import save  # bench/results.py (scripts run from bench/ on sys.path)
 from dmlight.config import compose_config
-from dmlight.data import load_data
+from dmlight.data.datasets import load_data
 from dmlight.train import member_dir, train
 
 

@@ -113,7 +113,7 @@ def choose_data(which: str, rows: tuple[int, int], quick: bool) -> dict:
                 pass
         else:
             from dmlight.config import compose_config
-            from dmlight.data import DataError, load_data_cfg
+            from dmlight.data.datasets import DataError, load_data_cfg
 
             overrides = ["data=mnist", "data.download=false"]
             try:
@@ -123,7 +123,7 @@ def choose_data(which: str, rows: tuple[int, int], quick: bool) -> dict:
                 pass
         if real is not None:
             from dmlight.config import compose_config
-            from dmlight.data import load_data_cfg
+            from dmlight.data.datasets import load_data_cfg
 
             d = load_data_cfg(compose_config(real["overrides"]).data)
             return {**real, "rows": len(d.x_train), "test_rows": len(d.x_test)}
@@ -176,7 +176,7 @@ def as_list(summaries) -> list[dict]:
 # Each returns (ok, one-line figures, dict for result.json).
 
 def check_device(ctx: Context):
-    from dmlight import devices
+    from dmlight.training import devices
 
     n = torch.cuda.device_count() if ctx.cuda else 0
     want = ctx.device.type
@@ -201,9 +201,9 @@ def check_device(ctx: Context):
 def check_ensemble_grads(ctx: Context):
     import torch.nn.functional as F
 
-    from dmlight.data import load_data_cfg
-    from dmlight.layers import stacked_input_grad, stacked_weight_grad
-    from dmlight.module import DistanceModule, Ensemble
+    from dmlight.data.datasets import load_data_cfg
+    from dmlight.models.layers import stacked_input_grad, stacked_weight_grad
+    from dmlight.training.module import DistanceModule, Ensemble
     from dmlight.train import build_network
 
     dev, m = ctx.device, ctx.size["members"]
@@ -251,7 +251,7 @@ def check_ensemble_grads(ctx: Context):
 
 def plain_offset_l2(x, mu, alpha):
     """OffsetL2's formula with broadcasting tensor ops: what autograd alone would do (see bench/offset_l2_speed.py)."""
-    from dmlight.layers import OffsetL2
+    from dmlight.models.layers import OffsetL2
 
     mu, alpha = mu.unsqueeze(-3), alpha.unsqueeze(-3)  # (..., 1, out, in): members stay aligned
     diff = x.unsqueeze(-2) - mu
@@ -259,8 +259,8 @@ def plain_offset_l2(x, mu, alpha):
 
 
 def check_offset_l2(ctx: Context):
-    from dmlight.data import load_data_cfg
-    from dmlight.layers import OffsetL2, offset_l2, offset_l2_block_rows
+    from dmlight.data.datasets import load_data_cfg
+    from dmlight.models.layers import OffsetL2, offset_l2, offset_l2_block_rows
 
     dev = ctx.device
     large = ctx.data("large")
@@ -397,8 +397,8 @@ def check_cpu_gpu_agreement(ctx: Context):
 def check_perturbation_sweep(ctx: Context):
     import torch.nn.functional as F
 
-    from dmlight.data import load_data_cfg
-    from dmlight.sweep_engine import run_sweep
+    from dmlight.data.datasets import load_data_cfg
+    from dmlight.perturbation.engine import run_sweep
     from dmlight.train import build_network
 
     data = ctx.data("large")

@@ -19,8 +19,8 @@ import time
 import torch
 
 from results import save  # bench/results.py (scripts run from bench/ on sys.path)
-from dmlight.data import load_data
-from dmlight.layers import OffsetL2, offset_l2
+from dmlight.data.datasets import load_data
+from dmlight.models.layers import OffsetL2, offset_l2
 
 
 def plain_offset_l2(x, mu, alpha):

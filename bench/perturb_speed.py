@@ -21,9 +21,9 @@ import torch.nn.functional as F
 
 from results import save  # bench/results.py (scripts run from bench/ on sys.path)
 from dmlight.config import compose_config
-from dmlight.data import DataError, load_data
-from dmlight.perturbation import UnitRanges, perturbation_values, stack_values, sweep_points
-from dmlight.sweep_engine import DEFAULT_CHUNK_ROWS, network_sweep
+from dmlight.data.datasets import DataError, load_data
+from dmlight.perturbation.formulas import UnitRanges, perturbation_values, stack_values, sweep_points
+from dmlight.perturbation.engine import DEFAULT_CHUNK_ROWS, network_sweep
 from dmlight.train import build_network
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.results import save  # noqa: E402
-from dmlight import probe  # noqa: E402
+from dmlight.perturbation import probe  # noqa: E402
 from dmlight.config import compose_config  # noqa: E402
 from dmlight.train import train  # noqa: E402
 

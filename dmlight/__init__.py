@@ -22,13 +22,13 @@ __version__ = _version()
 
 
 def __getattr__(name):
-    # Lazy, so `import dmlight.devices` or the report does not pay for torch and Lightning.
+    # Lazy, so `import dmlight.training.devices` or the report does not pay for torch and Lightning.
     if name == "DistanceProbe":
-        from dmlight.probe import DistanceProbe
+        from dmlight.perturbation.probe import DistanceProbe
 
         return DistanceProbe
     if name in __all__:
-        from dmlight import runs
+        from dmlight.runs import load
 
-        return getattr(runs, name)
+        return getattr(load, name)
     raise AttributeError(f"module 'dmlight' has no attribute {name!r}")

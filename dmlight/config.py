@@ -1,7 +1,7 @@
 """Config helpers shared by the entry points: the paper-name resolver and composing configs.
 
 Importing this module registers the resolvers conf/config.yaml's run directory uses
-(`dmlight_run_subdir`, `dmlight_variant`; the layout itself is dmlight/rundir.py).
+(`dmlight_run_subdir`, `dmlight_variant`; the layout itself is dmlight/runs/layout.py).
 """
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from dmlight import rundir
-from dmlight.grid import hidden_setting, paper_name
+from dmlight.runs import layout as rundir
+from dmlight.models.grid import hidden_setting, paper_name
 from dmlight.targets import target_of, user_model_name
 
 
@@ -43,7 +43,7 @@ def _run_subdir(data, preprocess, arch, activation, head_bias, variant, seed, se
 
 
 def _variant(*, _root_) -> str:
-    """The overrides that name this run's variant (see dmlight.rundir): read from the config's
+    """The overrides that name this run's variant (see dmlight.runs.layout): read from the config's
     hydra node while Hydra composes it, else from the running Hydra job."""
     overrides = OmegaConf.select(_root_, "hydra.overrides.task", default=None)
     if overrides is None:
@@ -54,7 +54,7 @@ def _variant(*, _root_) -> str:
 
 
 def _n_jobs(cpu_jobs=2) -> int:
-    from dmlight.devices import default_n_jobs
+    from dmlight.training.devices import default_n_jobs
 
     return default_n_jobs(int(cpu_jobs))
 
@@ -66,7 +66,7 @@ def _use_table_grids(kind: str) -> list[float]:
 
 
 def _wandb_mode() -> str:
-    from dmlight.loggers import wandb_mode
+    from dmlight.tracking.loggers import wandb_mode
 
     return wandb_mode()
 

@@ -23,12 +23,12 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from dmlight.config import CONF_DIR
-from dmlight.data import DataError, Splits
+from dmlight.data.datasets import DataError, Splits
 from dmlight.errors import UserError
-from dmlight.perturbation import PerturbationError, sweep_points
-from dmlight.site import ProbeError, locate
-from dmlight.runs import RunDirError, load_run
-from dmlight.sweep_engine import append_results, layer_files, run_sweep, write_unit_ranges
+from dmlight.perturbation.formulas import PerturbationError, sweep_points
+from dmlight.perturbation.site import ProbeError, locate
+from dmlight.runs.load import RunDirError, load_run
+from dmlight.perturbation.engine import append_results, layer_files, run_sweep, write_unit_ranges
 
 EXAMPLE = ("python -m dmlight.perturb run_dir=outputs/use_distance_metrics/mnist5k-raw/ReLU_Bias/seed0 "
            "perturbation=use")

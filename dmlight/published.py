@@ -12,6 +12,11 @@ calls them "ReLU_Bias" and "Abs_Bias".
 from __future__ import annotations
 
 N_RUNS = 20  # independent initialisations per model in both papers
+# The papers' experiments, models and USE's perturbation kinds, in the order the report and the dashboard show them.
+EXPERIMENT_ORDER = ("use_distance_metrics", "learn_distance_metrics", "learn_bias", "offset_l2")
+MODEL_ORDER = ("ReLU", "Abs", "ReLU2", "Abs2", "ReLU2-Neg", "Abs2-Neg",
+               "ReLU-L2", "ReLU-L2-Neg", "Abs-L2", "Abs-L2-Neg")
+USE_KINDS = ("scale", "clip", "offset")
 
 # ---- USE: "Neural Networks Use Distance Metrics" (arXiv:2411.17932)
 USE_MODELS = ("ReLU_Bias", "Abs_Bias")

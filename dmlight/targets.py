@@ -23,7 +23,7 @@ DATA_KEYS = ("name", "preprocess", "data_dir", "download", "download_timeout", "
 ARCH_KEYS = ("name", "head_bias", "hidden", "site")
 ACCEPTED = {
     "data": "an import path (module.function or module.Class) whose call returns (x_train, y_train, x_test, y_test) "
-            "arrays or tensors, a dmlight.data.Splits, or a LightningDataModule with train and test dataloaders",
+            "arrays or tensors, a dmlight.data.datasets.Splits, or a LightningDataModule with train and test dataloaders",
     "arch": "an import path (module.function or module.Class) whose call, with in_features=, n_classes= and your "
             "arch keys, returns a torch.nn.Module mapping (n, in_features) inputs to (n, n_classes) logits",
 }

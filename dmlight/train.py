@@ -25,18 +25,19 @@ from omegaconf import DictConfig, OmegaConf
 # torch and Lightning are imported where a run trains, so that --help, --cfg, shell completion
 # and config errors answer at once (tests/test_cli.py checks that they import neither).
 from dmlight import config as _config  # noqa: F401  (registers the run directory's resolvers)
-from dmlight import devices, rundir
 from dmlight.errors import ConfigError, NonFiniteLoss, UserError
-from dmlight.grid import hidden_setting
-from dmlight.loggers import finish_loggers, instantiate_group, make_loggers, offline_hint
-from dmlight.progress import seed_range
-from dmlight.sweep import record_sweep_failure
+from dmlight.models.grid import hidden_setting
+from dmlight.runs import layout as rundir
+from dmlight.runs.layout import (RunDirBusy, RunDirConflict, RunLock, claim_run_dir, last_checkpoint, read_json,
+                                 record_failure, reset_run, summary_path, truncate_metrics, write_json_atomic)
 from dmlight.targets import check_targets
+from dmlight.tracking.loggers import finish_loggers, instantiate_group, make_loggers, offline_hint
+from dmlight.training import devices
+from dmlight.training.multirun import record_sweep_failure
+from dmlight.training.progress import seed_range
+
 if TYPE_CHECKING:  # annotations only: Lightning loads where a run trains
     import pytorch_lightning as pl
-
-from dmlight.rundir import (RunDirBusy, RunDirConflict, RunLock, claim_run_dir, last_checkpoint, read_json,
-                            record_failure, reset_run, summary_path, truncate_metrics, write_json_atomic)
 
 
 class _NoTips(logging.Filter):
@@ -55,7 +56,7 @@ def build_network(cfg: DictConfig, seed: int | None = None, sizes: tuple[int, in
     inputs and classes of `sizes` (in_features, n_classes)."""
     import pytorch_lightning as pl
 
-    from dmlight.models import model_from_config
+    from dmlight.models.networks import model_from_config
 
     pl.seed_everything(cfg.seed if seed is None else seed, verbose=False)
     return model_from_config(cfg, *sizes)
@@ -69,7 +70,7 @@ def member_config(cfg: DictConfig, seed: int) -> DictConfig:
 
 
 def member_dir(cfg: DictConfig, seed: int) -> Path:
-    """Where seed `seed`'s solo run lives by default (dmlight.rundir.run_dir of its config)."""
+    """Where seed `seed`'s solo run lives by default (dmlight.runs.layout.run_dir of its config)."""
     return rundir.run_dir(member_config(cfg, seed))
 
 
@@ -105,8 +106,8 @@ def final_summary(cfg: DictConfig, net, data, seconds: float) -> dict:
     """summary.json of a finished run, measured on the final network."""
     import torch
 
-    from dmlight.models import unit_counts
-    from dmlight.module import accuracy
+    from dmlight.models.networks import unit_counts
+    from dmlight.training.module import accuracy
 
     net.to(data.x_train.device).eval()
     units, logits = {}, {}
@@ -127,10 +128,10 @@ def final_summary(cfg: DictConfig, net, data, seconds: float) -> dict:
 def train(cfg: DictConfig, run_dir: str | Path | None = None,
           callbacks: list[pl.Callback] = ()) -> dict | list[dict]:
     """Train (or resume, or skip if finished) the run `cfg` describes, in `run_dir`
-    (default: where dmlight.rundir puts it).
+    (default: where dmlight.runs.layout puts it).
 
     With `cfg.seeds` set, trains those seeds as one stacked ensemble and returns a list of
-    summaries; each member's directory follows dmlight.rundir.member_dirs (beside an ensemble
+    summaries; each member's directory follows dmlight.runs.layout.member_dirs (beside an ensemble
     directory of dmlight's own naming, where solo runs live; else inside `run_dir`). A run whose
     loss becomes non-finite is retired alone with a "diverged" summary; NonFiniteLoss is raised
     only when every run diverged. `callbacks` are extra Lightning callbacks added to the Trainer.
@@ -222,10 +223,10 @@ def _fit(cfg: DictConfig, todo: list[tuple[DictConfig, Path]], name: str,
     import pytorch_lightning as pl
     import torch
 
-    from dmlight.checkpoints import MemberCheckpoints
-    from dmlight.data import load_data_cfg
-    from dmlight.module import DistanceModule, Ensemble
-    from dmlight.provenance import provenance
+    from dmlight.training.checkpoints import MemberCheckpoints
+    from dmlight.data.datasets import load_data_cfg
+    from dmlight.training.module import DistanceModule, Ensemble
+    from dmlight.runs.provenance import provenance
 
     if cfg.run.get("num_threads"):
         torch.set_num_threads(cfg.run.num_threads)

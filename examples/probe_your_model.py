@@ -25,7 +25,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from dmlight import DistanceProbe
-from dmlight.data import DataError, load_data
+from dmlight.data.datasets import DataError, load_data
 
 
 class SmallCNN(pl.LightningModule):

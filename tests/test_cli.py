@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from dmlight.progress import format_rate, format_seconds, seed_range
+from dmlight.training.progress import format_rate, format_seconds, seed_range
 from tests.conftest import REPO, train_cfg
 
 HEAVY = ("torch", "pytorch_lightning", "lightning_fabric")

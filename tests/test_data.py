@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from dmlight.data import (DEBIAN_FASHION_DIR, IDX_FILES, DataError, MNIST_MEAN, MNIST_STD, _arrays,
+from dmlight.data.datasets import (DEBIAN_FASHION_DIR, IDX_FILES, DataError, MNIST_MEAN, MNIST_STD, _arrays,
                           load_data, read_idx)
 
 

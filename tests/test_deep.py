@@ -9,13 +9,13 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-from dmlight import rundir
+from dmlight.runs import layout as rundir
 from dmlight.config import compose_config
 from dmlight.errors import ConfigError
-from dmlight.layers import Abs, Neg, OffsetL2
-from dmlight.models import build_model, unit_counts
+from dmlight.models.layers import Abs, Neg, OffsetL2
+from dmlight.models.networks import build_model, unit_counts
 from dmlight.perturb import perturb
-from dmlight.perturbation import PerturbationError, UnitRanges, perturbation_values
+from dmlight.perturbation.formulas import PerturbationError, UnitRanges, perturbation_values
 from dmlight.train import build_network, member_dir, train
 from tests.conftest import run_module, train_cfg
 from tests.test_cli import HEAVY, imported_modules
@@ -175,8 +175,8 @@ def read_csv(path) -> list[dict]:
 
 @pytest.mark.slow
 def test_the_probe_at_hidden2_counts_what_a_hook_on_hidden2_counts(deep_use_run):
-    from dmlight.data import load_data
-    from dmlight.runs import load_run
+    from dmlight.data.datasets import load_data
+    from dmlight.runs.load import load_run
 
     run_dir, summary = deep_use_run
     assert summary["hidden"] == [64, 32] and summary["model_name"] == "ReLU_Bias_64x32"

@@ -11,11 +11,11 @@ from hydra.types import RunMode
 
 import pytest
 
-from dmlight import devices
+from dmlight.training import devices
 from dmlight.train import job_device
 from tests.conftest import REPO, run_module, train_cfg
 
-CLAIM = ("import sys, time; from dmlight.devices import GpuSlot\n"
+CLAIM = ("import sys, time; from dmlight.training.devices import GpuSlot\n"
          "with GpuSlot(int(sys.argv[1]), sys.argv[2], 0.05, lambda m: print(m, file=sys.stderr)) as g:\n"
          "    print(g, flush=True); time.sleep(float(sys.argv[3]))")
 
@@ -101,7 +101,7 @@ def test_jobs_split_the_cores_they_may_use_not_the_nodes(monkeypatch, affinity, 
 def test_one_usable_core_under_taskset_is_one_thread_per_job():
     if shutil.which("taskset") is None:
         pytest.skip("taskset (util-linux) is not installed")
-    code = "from dmlight.devices import cpu_threads_per_job as t; print(t(1), t(2))"
+    code = "from dmlight.training.devices import cpu_threads_per_job as t; print(t(1), t(2))"
     res = subprocess.run(["taskset", "-c", "0", sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
                          timeout=60)
     assert res.returncode == 0, res.stderr[-2000:]

@@ -5,7 +5,7 @@ import math
 import pytest
 
 from dmlight.errors import NonFiniteLoss
-from dmlight.rundir import read_metrics
+from dmlight.runs.layout import read_metrics
 from dmlight.train import member_dir, train
 from tests.conftest import run_module, train_cfg
 

@@ -21,4 +21,4 @@ def test_docstring_examples_run(name):
 
 
 def test_every_module_is_checked():
-    assert {"dmlight.site", "dmlight.module", "dmlight.runs", "dmlight.report.claims"} <= set(MODULES)
+    assert {"dmlight.perturbation.site", "dmlight.training.module", "dmlight.runs.load", "dmlight.report.claims"} <= set(MODULES)

@@ -7,9 +7,9 @@ import torch
 
 import dmlight
 from dmlight import train as train_mod
-from dmlight.checkpoints import join_checkpoints, split_checkpoint
-from dmlight.module import Ensemble
-from dmlight.rundir import identity, read_metrics
+from dmlight.training.checkpoints import join_checkpoints, split_checkpoint
+from dmlight.training.module import Ensemble
+from dmlight.runs.layout import identity, read_metrics
 from dmlight.train import build_network, expand_seed_ranges, member_dir, train
 from tests.conftest import train_cfg
 
@@ -68,8 +68,8 @@ PAPER_MODELS = [("mlp", False), ("mlp", True), ("mlp2", False), ("mlp2", True), 
 def test_every_model_trains_bit_identically_as_an_ensemble_member(arch, head_bias):
     """Three SGD steps, in one group and in groups of one, for every activation and site:
     logits, losses and gradients of each member equal its own network's, bit for bit."""
-    from dmlight.data import load_data
-    from dmlight.module import DistanceModule
+    from dmlight.data.datasets import load_data
+    from dmlight.training.module import DistanceModule
 
     data = load_data("mnist5k")
     x, y = data.x_train[:300], data.y_train[:300]
@@ -106,7 +106,7 @@ def test_every_model_trains_bit_identically_as_an_ensemble_member(arch, head_bia
 
 
 def test_member_groups_fit_the_cpu_cache_and_take_everything_on_a_gpu():
-    from dmlight.module import auto_member_group
+    from dmlight.training.module import auto_member_group
 
     twenty = Ensemble([build_network(train_cfg(), seed=s) for s in range(20)])
     assert auto_member_group(twenty, 4000, "cpu") == 4  # 4 x (4000 x 128 floats) = 8 MB
@@ -119,9 +119,9 @@ def test_member_groups_fit_the_cpu_cache_and_take_everything_on_a_gpu():
 
 @pytest.mark.parametrize("bad", [0, -2, "two"])
 def test_a_bad_member_group_is_a_config_error_naming_it(bad):
-    from dmlight.data import load_data
+    from dmlight.data.datasets import load_data
     from dmlight.errors import ConfigError
-    from dmlight.module import DistanceModule
+    from dmlight.training.module import DistanceModule
 
     with pytest.raises(ConfigError, match=f"run.member_group={bad!r}.*whole number >= 1"):
         DistanceModule(Ensemble([build_network(train_cfg(), seed=s) for s in range(2)]), load_data("synthetic"),
@@ -201,7 +201,7 @@ def test_seed_ranges_become_lists_for_hydra():
 
 def test_per_epoch_member_accuracies_equal_torchmetrics_per_member():
     """The per-epoch path scores all members in one op; it must count what torchmetrics counts."""
-    from dmlight.module import accuracy, member_accuracies
+    from dmlight.training.module import accuracy, member_accuracies
 
     g = torch.Generator().manual_seed(0)
     logits = torch.randn(4, 257, 10, generator=g)

@@ -25,7 +25,7 @@ def test_help_names_every_option():
 
 def test_missing_data_is_a_short_error(tmp_path):
     """No Fashion-MNIST anywhere (the Debian folder pointed elsewhere): a one-line error naming the data set."""
-    code = ("import sys, runpy, dmlight.data as d; d.DEBIAN_FASHION_DIR = d.Path(sys.argv[1]); "
+    code = ("import sys, runpy, dmlight.data.datasets as d; d.DEBIAN_FASHION_DIR = d.Path(sys.argv[1]); "
             "sys.argv = [sys.argv[2], *sys.argv[3:]]; runpy.run_path(sys.argv[0], run_name='__main__')")
     done = subprocess.run([sys.executable, "-c", code, str(tmp_path / "none"), str(EXAMPLE), "--data-dir",
                            str(tmp_path / "nowhere"), "--out", str(tmp_path / "out")],

@@ -3,8 +3,8 @@ import math
 import pytest
 import torch
 
-from dmlight.sweep_engine import perturb
-from dmlight.layers import (Abs, Neg, OffsetL2, offset_l2, offset_l2_block_rows,
+from dmlight.perturbation.engine import perturb
+from dmlight.models.layers import (Abs, Neg, OffsetL2, offset_l2, offset_l2_block_rows,
                             stacked_input_grad, stacked_linear, stacked_weight_grad)
 
 
@@ -174,7 +174,7 @@ def test_offset_l2_blocks_fit_a_cpu_cache_and_bound_gpu_memory():
 def test_stacked_linear_gradients_match_finite_differences(exact, monkeypatch):
     """Both backward branches, for a shared input that needs a gradient too (the sum over
     members) and for a stacked one, against float64 finite differences."""
-    import dmlight.layers as layers
+    import dmlight.models.layers as layers
 
     real = layers.stacked_weight_grad, layers.stacked_input_grad
     monkeypatch.setattr(layers, "stacked_weight_grad", lambda g, h, _: real[0](g, h, exact))

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from dmlight.layers import OffsetL2
-from dmlight.models import ACTIVATIONS, ARCHS, ConfigError, build_model, paper_name, unit_counts
+from dmlight.models.layers import OffsetL2
+from dmlight.models.networks import ACTIVATIONS, ARCHS, ConfigError, build_model, paper_name, unit_counts
 
 PAPER_MODELS = {  # (arch, activation, head_bias) -> the name the papers use
     ("mlp", "relu", True): "ReLU_Bias", ("mlp", "abs", True): "Abs_Bias",  # USE

@@ -10,9 +10,9 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 
 from dmlight.config import compose_config
-from dmlight.data import load_data, preprocess_images
-from dmlight.models import ACTIVATIONS, build_model
-from dmlight.perturbation import sweep_points
+from dmlight.data.datasets import load_data, preprocess_images
+from dmlight.models.networks import ACTIVATIONS, build_model
+from dmlight.perturbation.formulas import sweep_points
 from tests.conftest import REPO
 
 # ---------------------------------------------------------------- activations
@@ -121,7 +121,7 @@ def test_experiment_configs_carry_the_papers_training_settings(experiment):
     else:
         assert net.head.mu.shape == net.head.alpha.shape == (10, 128)
     # Where the probe perturbs: the hidden Linear's output (USE) or its activation's (LEARN).
-    from dmlight.probe import locate
+    from dmlight.perturbation.probe import locate
 
     assert [n for n, _ in net.named_children()][:2] == ["hidden", "activation"]
     where = locate(net, cfg.perturbation.get("layer") or "hidden", cfg.arch.site)
@@ -196,7 +196,7 @@ def test_standardize_is_mean_0_1307_std_0_3081_on_unit_scaled_pixels():
 
 
 def test_standardize_on_a_dataset_equals_the_formula_on_its_uint8_pixels():
-    from dmlight.data import _arrays
+    from dmlight.data.datasets import _arrays
 
     raw_u8 = _arrays("synthetic", "data", True, 20.0)["train_images"]
     std = load_data("synthetic", "standardize").x_train

@@ -10,15 +10,16 @@ import torch
 from omegaconf import OmegaConf
 
 from dmlight.config import compose_config
-from dmlight.data import load_data
-from dmlight.models import build_model
-from dmlight.data import Splits
+from dmlight.data.datasets import load_data
+from dmlight.models.networks import build_model
+from dmlight.data.datasets import Splits
 from dmlight.perturb import perturb
-from dmlight import perturbation, sweep_engine
-from dmlight.perturbation import (PerturbationError, UnitRanges, expand_grid, perturbation_values, stack_values,
+from dmlight.perturbation import formulas as perturbation
+from dmlight.perturbation import engine as sweep_engine
+from dmlight.perturbation.formulas import (PerturbationError, UnitRanges, expand_grid, perturbation_values, stack_values,
                                   sweep_points)
-from dmlight.probe import PerturbationSweep
-from dmlight.sweep_engine import COLUMNS, RANGE_COLUMNS, network_sweep, read_results, run_sweep
+from dmlight.perturbation.probe import PerturbationSweep
+from dmlight.perturbation.engine import COLUMNS, RANGE_COLUMNS, network_sweep, read_results, run_sweep
 from dmlight.train import train
 from tests.conftest import run_module, train_cfg
 
@@ -50,7 +51,7 @@ def digits():
 
 
 def loaded(run_dir):
-    from dmlight.runs import load_run
+    from dmlight.runs.load import load_run
 
     return load_run(run_dir).model
 

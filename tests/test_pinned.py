@@ -9,10 +9,10 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
-from dmlight.data import preprocess_images
-from dmlight.models import build_model, unit_counts
-from dmlight.module import Batches
-from dmlight.rundir import RunDirConflict
+from dmlight.data.datasets import preprocess_images
+from dmlight.models.networks import build_model, unit_counts
+from dmlight.training.module import Batches
+from dmlight.runs.layout import RunDirConflict
 from tests.conftest import crash_at_epoch, train_cfg
 
 
@@ -115,8 +115,8 @@ def test_a_retired_member_keeps_the_parameters_it_diverged_with(tmp_path):
     epoch's step (a plain PyTorch loop's, bit for bit), not what 25 further steps make of them."""
     import torch.nn.functional as F
 
-    from dmlight.data import load_data
-    from dmlight.models import build_model
+    from dmlight.data.datasets import load_data
+    from dmlight.models.networks import build_model
     from dmlight.train import train
 
     class Final(pl.Callback):

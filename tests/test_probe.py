@@ -1,6 +1,6 @@
 """DistanceProbe on models dmlight does not build: a small CNN trained here with Lightning, checked
 against a reference written in this file from PAPERS.md's formulas (it does not use
-dmlight.perturbation); the papers' MLPs through the hook path against dmlight's own sweep; sweeps
+dmlight.perturbation.formulas); the papers' MLPs through the hook path against dmlight's own sweep; sweeps
 during training; loggers; errors; the two engines against each other. Trainings are real and short."""
 from __future__ import annotations
 
@@ -18,11 +18,11 @@ from omegaconf import OmegaConf
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from dmlight import probe as probe_mod
+from dmlight.perturbation import probe as probe_mod
 from dmlight.config import CONF_DIR
-from dmlight.data import load_data
-from dmlight.layers import Abs
-from dmlight.probe import DistanceProbe, ProbeError
+from dmlight.data.datasets import load_data
+from dmlight.models.layers import Abs
+from dmlight.perturbation.probe import DistanceProbe, ProbeError
 from dmlight.train import member_dir, train
 from tests.conftest import crash_at_epoch, kill_after_first_checkpoint, train_cfg
 
@@ -324,7 +324,7 @@ def test_the_hook_path_gives_dmlights_own_numbers_on_the_papers_mlps(paper_runs,
                                                                      kinds, splits):
     """The trained Network inside a LightningModule (not a Sequential at the root): the probe at
     `net.hidden` runs forward hooks, on the conf file's full grid, and gives perturbation.csv's rows."""
-    from dmlight.runs import load_run
+    from dmlight.runs.load import load_run
 
     run_dir = paper_runs / run
     net = load_run(run_dir).model

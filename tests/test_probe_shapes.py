@@ -11,9 +11,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dmlight.data import load_data
-from dmlight.perturbation import PerturbationError
-from dmlight.probe import DistanceProbe, ProbeError
+from dmlight.data.datasets import load_data
+from dmlight.perturbation.formulas import PerturbationError
+from dmlight.perturbation.probe import DistanceProbe, ProbeError
 from tests.test_probe import sample, watch_only
 
 SEQ, WIDTH = 7, 112  # a digit as 7 strips of 4 pixel rows: (n, 7, 112)

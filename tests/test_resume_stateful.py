@@ -16,7 +16,7 @@ import pytorch_lightning as pl
 import torch
 
 from dmlight import train as train_mod
-from dmlight.rundir import read_metrics
+from dmlight.runs.layout import read_metrics
 from dmlight.train import member_dir, train
 from tests.conftest import REPO, kill_after_first_checkpoint, train_cfg
 

@@ -1,9 +1,9 @@
-"""Where runs live (dmlight/rundir.py): sweeps over any key, ensembles in moved directories."""
+"""Where runs live (dmlight/runs/layout.py): sweeps over any key, ensembles in moved directories."""
 import json
 
 import pytest
 
-from dmlight import rundir
+from dmlight.runs import layout as rundir
 from tests.conftest import run_module, train_cfg
 
 # Real digits, short: the CLI as a user runs it.

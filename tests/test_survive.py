@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from dmlight.rundir import RunDirBusy, RunLock, read_metrics
+from dmlight.runs.layout import RunDirBusy, RunLock, read_metrics
 from dmlight.train import train
 from tests.conftest import REPO, crash_at_epoch, kill_after_first_checkpoint, train_cfg
 
@@ -44,7 +44,7 @@ def test_two_writers_of_one_run_dir_are_refused(tmp_path):
 
 def test_a_killed_lock_holder_leaves_no_stale_lock(tmp_path):
     holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time; from pathlib import Path; from dmlight.rundir import RunLock\n"
+        "import sys, time; from pathlib import Path; from dmlight.runs.layout import RunLock\n"
         f"l = RunLock(Path({str(tmp_path)!r})).__enter__(); print('held', flush=True); time.sleep(60)")],
         cwd=REPO, stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "held"

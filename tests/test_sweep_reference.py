@@ -23,7 +23,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dmlight.runs import load_run
+from dmlight.runs.load import load_run
 from dmlight.train import train
 from tests.conftest import train_cfg
 
@@ -82,7 +82,7 @@ class Reference:
         elif kind == "clip":
             c = lo + p * r
         elif kind == "offset":
-            # The formula divides by max. dmlight documents (dmlight/perturbation.py's docstring)
+            # The formula divides by max. dmlight documents (dmlight/perturbation/formulas.py's docstring)
             # that a unit whose max is 0 is left as it is: s = 1, t = 0.
             never = hi == 0
             s = torch.where(never, 1.0, (hi - p * r) / torch.where(never, 1.0, hi))

@@ -12,9 +12,9 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from dmlight.config import compose_config, model_name
-from dmlight.data import load_data_cfg
+from dmlight.data.datasets import load_data_cfg
 from dmlight.errors import ConfigError
-from dmlight.models import model_from_config
+from dmlight.models.networks import model_from_config
 from dmlight.perturb import quote_run_dir
 from dmlight.targets import check_targets
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import dmlight
-from dmlight.rundir import RunDirConflict, read_metrics
+from dmlight.runs.layout import RunDirConflict, read_metrics
 from dmlight.train import train
 from tests.conftest import run_module, train_cfg
 
@@ -163,7 +163,7 @@ def test_trainer_configs_for_cpu_and_gpu():
 
 
 def test_shuffle_seed_is_part_of_a_mini_batch_runs_identity_only():
-    from dmlight.rundir import identity
+    from dmlight.runs.layout import identity
 
     full, mini = train_cfg(), train_cfg("data.batch_size=100")
     assert identity(full)["data.shuffle_seed"] is None  # full-batch run dirs made before the key existed still match
@@ -177,7 +177,7 @@ def test_callbacks_and_loggers_come_from_the_config(tmp_path):
     on the command line, and a ??? key dmlight cannot fill is a config error naming it."""
     from omegaconf import OmegaConf
 
-    from dmlight.loggers import instantiate_group
+    from dmlight.tracking.loggers import instantiate_group
     from dmlight.errors import ConfigError
     from dmlight.train import make_callbacks
 

@@ -12,8 +12,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from dmlight.loggers import member_loggers
-from dmlight.wandb_log import SCORECARD, STEP, accuracy_key, log_sweep, magnitude_key
+from dmlight.tracking.loggers import member_loggers
+from dmlight.tracking.wandb_log import SCORECARD, STEP, accuracy_key, log_sweep, magnitude_key
 from tests.conftest import REPO, run_module, train_cfg
 
 SEEDS = (0, 1, 2)
@@ -294,7 +294,7 @@ def test_wandb_mode_asks_wandb_for_credentials(tmp_path, setup, extra, want):
     env.update({"HOME": str(home), **setup(home), **extra})
     before = sorted(str(p) for p in home.rglob("*"))
     code = ("from pathlib import Path; from dmlight.config import compose_config; "
-            "from dmlight.loggers import offline_hint; cfg = compose_config(['logger=wandb']); "
+            "from dmlight.tracking.loggers import offline_hint; cfg = compose_config(['logger=wandb']); "
             "print(cfg.logger.wandb.mode); offline_hint(cfg, [Path('runs/seed3')], 'ReLU')")
     res = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
                          timeout=120)

@@ -107,7 +107,7 @@ def test_the_installed_wheel_trains_perturbs_and_reports_from_an_empty_folder(in
     py = [sys.executable]
 
     # The package that answers is the wheel's, its version the metadata's, its provenance says "no git".
-    probe = _run([*py, "-c", "import dmlight, importlib.metadata as m; from dmlight.provenance import provenance; "
+    probe = _run([*py, "-c", "import dmlight, importlib.metadata as m; from dmlight.runs.provenance import provenance; "
                   "p = provenance('cpu'); print(dmlight.__file__, dmlight.__version__, m.version('dmlight'), "
                   "p['git_commit'], p.get('source', '-').split()[0])"], work, env)
     file, version, meta, commit, source = probe.stdout.split()

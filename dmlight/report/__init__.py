@@ -35,7 +35,7 @@ column holds one): every table, figure and claim of the trained network reads ea
 epoch); the sweeps made during training (perturbation.every_n_epochs) feed emergence.py only.
 
 One module per job:
-    load.py        find run folders and read them (through dmlight.rundir)
+    load.py        find run folders and read them (through dmlight.runs.layout)
     groups.py      the papers' order, each model's home experiment, diverged counts, warnings
     tables.py      the tables, published numbers beside ours (dmlight/published.py)
     thresholds.py  the scorecard's thresholds, each with its value and why, stated once
@@ -44,7 +44,7 @@ One module per job:
     emergence.py   the sweeps made during training: accuracy heatmaps, claim 4's ratio by epoch, their section
     build.py, cli.py       build_report and the command line
 """
-from dmlight.loggers import wandb_mode
+from dmlight.tracking.loggers import wandb_mode
 from dmlight.report.build import all_tables, build_report
 from dmlight.report.checks import NOT_REPLICATED, NOT_RUN, NOT_RUN_DIVERGED, REPLICATED, STATUSES
 from dmlight.report.claims import CLAIMS, Claim, Result, scorecard

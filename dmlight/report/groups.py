@@ -9,11 +9,8 @@ import pandas as pd
 
 from dmlight import published as pub
 from dmlight.report.load import Runs
+from dmlight.published import EXPERIMENT_ORDER, MODEL_ORDER, USE_KINDS  # noqa: F401  (the report's names)
 
-EXPERIMENT_ORDER = ("use_distance_metrics", "learn_distance_metrics", "learn_bias", "offset_l2")
-MODEL_ORDER = ("ReLU", "Abs", "ReLU2", "Abs2", "ReLU2-Neg", "Abs2-Neg",
-               "ReLU-L2", "ReLU-L2-Neg", "Abs-L2", "Abs-L2-Neg")
-USE_KINDS = ("scale", "clip", "offset")
 SPLIT = "train"  # the USE paper measures perturbed accuracy on the training set
 
 

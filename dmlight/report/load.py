@@ -1,5 +1,5 @@
 """Find run folders and read them into frames: complete runs, their curves, sweeps and unit counts; diverged and
-incomplete runs apart. What a run folder holds, and what its summary's status means, is dmlight.rundir's."""
+incomplete runs apart. What a run folder holds, and what its summary's status means, is dmlight.runs.layout's."""
 from __future__ import annotations
 
 import json
@@ -14,7 +14,7 @@ import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from dmlight import rundir
+from dmlight.runs import layout as rundir
 
 
 def log(msg: str) -> None:
@@ -25,7 +25,7 @@ def pct(x):
     return x * 100.0
 
 
-# What produced a run's numbers (summary.json's provenance block; dmlight/provenance.py); "" when a summary predates it.
+# What produced a run's numbers (summary.json's provenance block; dmlight/runs/provenance.py); "" when a summary predates it.
 PROVENANCE_COLUMNS = ["dmlight", "source", "git_commit", "git_dirty", "torch", "lightning", "python", "device",
                       "device_name", "torch_threads"]
 RUN_COLUMNS = ["run", "path", "experiment", "model", "seed", "data", "preprocess", "epochs", "arch", "activation",

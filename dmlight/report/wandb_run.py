@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from dmlight.loggers import wandb_mode
+from dmlight.tracking.loggers import wandb_mode
 from dmlight.report.load import log
-from dmlight.wandb_log import table_key
+from dmlight.tracking.wandb_log import table_key
 
 
 def wandb_payload(tables: dict, figures: list[Path], card: pd.DataFrame) -> dict:

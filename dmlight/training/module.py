@@ -11,8 +11,8 @@ from torch import nn
 from torch.func import stack_module_state
 from torchmetrics.functional.classification import multiclass_accuracy
 
-from dmlight.data import Splits
-from dmlight.layers import Abs, Neg, OffsetL2, offset_l2, stacked_linear
+from dmlight.data.datasets import Splits
+from dmlight.models.layers import Abs, Neg, OffsetL2, offset_l2, stacked_linear
 from dmlight.errors import ConfigError
 
 
@@ -78,7 +78,7 @@ class Ensemble(nn.Module):
     member's numbers are bit-identical to its solo run's.
 
     Example:
-        >>> from dmlight.models import build_model
+        >>> from dmlight.models.networks import build_model
         >>> nets = [build_model("mlp", "relu") for _ in range(3)]
         >>> Ensemble(nets)(torch.zeros(5, 784)).shape
         torch.Size([3, 5, 10])

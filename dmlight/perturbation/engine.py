@@ -1,4 +1,4 @@
-"""Run a perturbation grid (dmlight.perturbation) on a network at one of its layers; write the results.
+"""Run a perturbation grid (dmlight.perturbation.formulas) on a network at one of its layers; write the results.
 
 Two engines count a point's correct predictions; both compute, per unit (a Linear's feature, its
 output's last axis; a conv map's channel, axis 1), `clamp(out * scale + offset, lower, upper)` at the probed
@@ -36,10 +36,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from dmlight.layers import Abs
-from dmlight.perturbation import PerturbationError, UnitRanges, stack_values, sweep_points, sweep_splits
-from dmlight.rundir import PERTURBATION_FILE as RESULTS_FILE, RANGES_FILE  # the names live in rundir
-from dmlight.site import locate
+from dmlight.models.layers import Abs
+from dmlight.perturbation.formulas import PerturbationError, UnitRanges, stack_values, sweep_points, sweep_splits
+from dmlight.runs.layout import PERTURBATION_FILE as RESULTS_FILE, RANGES_FILE  # the names live in rundir
+from dmlight.perturbation.site import locate
 
 COLUMNS = ("epoch", "kind", "magnitude", "split", "unit", "accuracy")
 RANGE_COLUMNS = ("unit", "min", "max", "range")
@@ -65,7 +65,7 @@ def unit_min_max(out: torch.Tensor, dim: int = 1) -> tuple[torch.Tensor, torch.T
 
 
 def unit_axis(out: torch.Tensor, dim: int | None, layer: str) -> int:
-    """The axis of `out` that holds `layer`'s units: `dim` (dmlight.site.unit_dim_of), or axis 1 of a
+    """The axis of `out` that holds `layer`'s units: `dim` (dmlight.perturbation.site.unit_dim_of), or axis 1 of a
     (rows, units) output; a larger output with no known axis is an error naming the layer."""
     if dim is not None:
         if not -out.ndim <= dim < out.ndim:
@@ -109,8 +109,8 @@ class SplitSweep:
     product has the shape of a full forward pass (same kernel, same bits).
 
     Example:
-        >>> from dmlight.models import build_model
-        >>> from dmlight.perturbation import stack_values
+        >>> from dmlight.models.networks import build_model
+        >>> from dmlight.perturbation.formulas import stack_values
         >>> net = build_model("mlp", "relu", head_bias=True).eval()
         >>> tail = nn.Sequential(*list(net)[1:])  # activation, head
         >>> sweep = SplitSweep(net.hidden, tail, torch.rand(50, 784), torch.randint(0, 10, (50,)), net.activation)
@@ -198,7 +198,7 @@ class HookSweep:
     (n, classes). `ranges_of` as in SplitSweep, applied to `module`'s output.
 
     Example:
-        >>> from dmlight.perturbation import stack_values
+        >>> from dmlight.perturbation.formulas import stack_values
         >>> model = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2)).eval()
         >>> sweep = HookSweep(model, model[0], [(torch.rand(20, 4), torch.randint(0, 2, (20,)))], model[1])
         >>> len(sweep.correct(**stack_values("scale", [0.5, 2.0], sweep.unit_ranges())))
@@ -252,7 +252,7 @@ def network_sweep(net: nn.Module, x: torch.Tensor, y: torch.Tensor, layer: str =
     """A SplitSweep of a dmlight Network at `layer`, on its own site (`net.site`).
 
     Example:
-        >>> from dmlight.models import build_model
+        >>> from dmlight.models.networks import build_model
         >>> network_sweep(build_model("mlp", "abs"), torch.rand(9, 784), torch.zeros(9, dtype=torch.long)).n
         9
     """
@@ -290,7 +290,7 @@ def sweep_rows(sweeps: dict, points: dict[str, list[float]], ranges: UnitRanges,
 def run_sweep(net: nn.Module, data, cfg, log=print, label: str = "", epoch: int | None = None,
               points: dict | None = None) -> tuple[list[dict], UnitRanges]:
     """Run the sweep `cfg` (a `perturbation` config) on a dmlight Network and `data` (a
-    dmlight.data.Splits), at the network's own site: the output of `cfg.layer` (default
+    dmlight.data.datasets.Splits), at the network's own site: the output of `cfg.layer` (default
     `hidden`), or of the activation after it at the post_activation site.
 
     Returns the rows for perturbation.csv (one baseline row per split, then one per point)

@@ -5,7 +5,7 @@
 `variant` names the overrides that change a run's results and that the path does not already
 spell out (e.g. `optimizer.lr=0.0022`), so every point of a sweep over any key gets its own
 directory and the default config keeps its short path. A net of several hidden layers has its
-widths in its model name (`ReLU_128x128`, see dmlight.grid.paper_name), so `arch.hidden=[128,128]`
+widths in its model name (`ReLU_128x128`, see dmlight.models.grid.paper_name), so `arch.hidden=[128,128]`
 names no variant; one layer's width does, in one spelling (`arch.hidden=[64]` is `arch.hidden=64`).
 An ensemble (`seeds=[...]`) runs in `.../<model>[/<variant>]/ensemble-seeds<first>-<last>-n<k>`
 and puts each member where its solo run lives, beside it (`.../seed<s>`). Given a directory of your
@@ -16,7 +16,7 @@ A run directory holds
     metrics.csv          epoch, train_loss, train_acc, test_acc (appended as training goes)
     checkpoints/last.ckpt  the latest checkpoint (every `run.checkpoint_every` epochs, and the final one)
     perturbation.csv     the perturbation sweep, when one ran (perturbation_<layer>.csv: one of another
-                         layer than `hidden`, see dmlight.sweep_engine.layer_files)
+                         layer than `hidden`, see dmlight.perturbation.engine.layer_files)
     summary.json         written last and atomically when the run finished: status "complete", or
                          "diverged" (its loss became non-finite; see dmlight.train)
     failed.json          why the last attempt failed, when it did (removed on success)
@@ -123,7 +123,7 @@ def member_dirs(job_dir: str | Path, seeds) -> dict[int, Path]:
 # The files of a run directory (see above), and the statuses its summary.json may say.
 CONFIG_FILE, METRICS_FILE, SUMMARY_FILE = "config.yaml", "metrics.csv", "summary.json"
 PERTURBATION_FILE, FAILED_FILE, RANGES_FILE = "perturbation.csv", "failed.json", "unit_ranges.csv"
-WANDB_STATE_FILE = "wandb_run.json"  # the run's W&B id and last logged step (dmlight.wandb_logger)
+WANDB_STATE_FILE = "wandb_run.json"  # the run's W&B id and last logged step (dmlight.tracking.wandb_logger)
 RUN_FILES = (CONFIG_FILE, SUMMARY_FILE, METRICS_FILE)  # a folder holding one of these is a run (or a sweep root)
 COMPLETE, DIVERGED = "complete", "diverged"
 FINISHED = (COMPLETE, DIVERGED)  # the statuses of a finished run (one with a summary)

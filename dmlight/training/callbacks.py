@@ -10,10 +10,10 @@ import pytorch_lightning as pl
 import torch
 
 from dmlight.errors import NonFiniteLoss
-from dmlight.loggers import member_loggers
-from dmlight.progress import format_rate, format_seconds
-from dmlight.rundir import METRICS_COLUMNS, last_checkpoint_path
-from dmlight.wandb_log import learning_curves
+from dmlight.tracking.loggers import member_loggers
+from dmlight.training.progress import format_rate, format_seconds
+from dmlight.runs.layout import METRICS_COLUMNS, last_checkpoint_path
+from dmlight.tracking.wandb_log import learning_curves
 
 
 def _fmt(v: float) -> str:
@@ -100,7 +100,7 @@ class RunRecorder(pl.Callback):
                 logger.log_metrics(prefixed, step=epoch)
 
     def _save_checkpoint(self, trainer: pl.Trainer) -> None:
-        # dmlight.checkpoints.MemberCheckpoints writes each live member's own last.ckpt.
+        # dmlight.training.checkpoints.MemberCheckpoints writes each live member's own last.ckpt.
         if self.alive():
             trainer.save_checkpoint(last_checkpoint_path(self.run_dirs[0]), weights_only=False)
 

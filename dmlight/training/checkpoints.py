@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from pytorch_lightning.plugins import TorchCheckpointIO
 
-from dmlight.rundir import last_checkpoint_path, status
+from dmlight.runs.layout import last_checkpoint_path, status
 
 
 class MemberCheckpoints(TorchCheckpointIO):

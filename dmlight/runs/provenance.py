@@ -10,7 +10,7 @@ import platform
 import subprocess
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]  # dmlight/runs/provenance.py -> the checkout (or site-packages)
 CHECKOUT, INSTALLED = "git checkout", "installed package (no git checkout: commit unknown)"
 
 

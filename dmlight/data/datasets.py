@@ -265,7 +265,7 @@ def user_data(cfg) -> Splits:
         made = made.as_tuple()
     if not isinstance(made, (tuple, list)) or len(made) != 4:
         raise ConfigError(f"{where} returned {type(made).__name__}; accepted: (x_train, y_train, x_test, y_test), "
-                          "a dmlight.data.Splits or a LightningDataModule.")
+                          "a dmlight.data.datasets.Splits or a LightningDataModule.")
     xs, ys = [torch.as_tensor(np.asarray(t) if not torch.is_tensor(t) else t) for t in made[::2]], \
         [torch.as_tensor(np.asarray(t) if not torch.is_tensor(t) else t) for t in made[1::2]]
     preprocess = cfg.get("preprocess", "raw")

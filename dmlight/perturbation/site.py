@@ -1,6 +1,6 @@
 """Where a probe acts in a model: the layer a name points to, the activation after it, the axis of its units.
 
-Torch modules only: dmlight.probe (the callback) and dmlight.sweep_engine (dmlight's own sweeps) both
+Torch modules only: dmlight.perturbation.probe (the callback) and dmlight.perturbation.engine (dmlight's own sweeps) both
 resolve a layer here, so the two apply one rule.
 """
 from __future__ import annotations
@@ -11,8 +11,8 @@ import torch
 from torch import nn
 
 from dmlight.errors import UserError
-from dmlight.layers import Abs
-from dmlight.perturbation import PerturbationError
+from dmlight.models.layers import Abs
+from dmlight.perturbation.formulas import PerturbationError
 
 
 class ProbeError(UserError, ValueError):

@@ -1,6 +1,6 @@
 """The papers' grid, torch-free: which (arch, activation, head_bias) points exist and their paper names.
 
-dmlight/models.py builds a network for any point; the config and the command line check names
+dmlight/models/networks.py builds a network for any point; the config and the command line check names
 (and `arch.hidden`, the hidden layers' widths) here before anything heavy is imported.
 """
 from __future__ import annotations
@@ -12,7 +12,7 @@ from omegaconf import ListConfig
 
 from dmlight.errors import ConfigError
 
-# activation name -> the papers' name for it (dmlight/models.py maps each to its torch module)
+# activation name -> the papers' name for it (dmlight/models/networks.py maps each to its torch module)
 ACTIVATION_NAMES = {"relu": "ReLU", "abs": "Abs", "sigmoid": "Sigmoid", "tanh": "Tanh", "gelu": "GELU",
                     "leaky_relu": "LeakyReLU"}
 

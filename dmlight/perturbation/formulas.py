@@ -22,7 +22,7 @@ units (one threshold, as the authors' code); for one unit (unit=k) they are unit
 
 Every point is per-unit `clamp(x * scale + offset, lower, upper)` with the values of
 `perturbation_values(kind, p, ranges)`. This module is the math and the grids;
-dmlight.sweep_engine runs a grid on a network and writes the results, dmlight.probe
+dmlight.perturbation.engine runs a grid on a network and writes the results, dmlight.perturbation.probe
 (DistanceProbe) locates the layer and runs grids during and after training.
 """
 from __future__ import annotations
@@ -176,7 +176,7 @@ class UnitRanges:
 
 
 def perturbation_values(kind: str, p: float, ranges: UnitRanges, unit: int | None = None) -> dict[str, torch.Tensor]:
-    """The per-unit (scale, offset, lower, upper) of one point, for dmlight.sweep_engine.perturb.
+    """The per-unit (scale, offset, lower, upper) of one point, for dmlight.perturbation.engine.perturb.
 
     Computed in float64 so identity points are exact (offset 0 gives scale 1, clip 100%
     gives the max), then stored as float32 like the activations.

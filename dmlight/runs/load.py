@@ -7,7 +7,7 @@ import torch
 from omegaconf import DictConfig
 
 from dmlight.errors import UserError
-from dmlight.rundir import last_checkpoint, read_config, read_json, summary_path
+from dmlight.runs.layout import last_checkpoint, read_config, read_json, summary_path
 
 
 class RunDirError(UserError, FileNotFoundError):
@@ -22,7 +22,7 @@ class Run:
 
     def data(self, device="cpu"):
         """(x_train, y_train, x_test, y_test), preprocessed exactly as in training."""
-        from dmlight.data import load_data_cfg
+        from dmlight.data.datasets import load_data_cfg
 
         return load_data_cfg(self.cfg.data, device).as_tuple()
 
@@ -39,7 +39,7 @@ def load_run(run_dir: str | Path, require_complete: bool = True) -> Run:
         >>> x_train, y_train, x_test, y_test = run.data()                                           # doctest: +SKIP
         >>> (run.model(x_test).argmax(1) == y_test).float().mean()                                 # doctest: +SKIP
     """
-    from dmlight.models import model_from_config
+    from dmlight.models.networks import model_from_config
 
     run_dir = Path(run_dir)
     cfg = read_config(run_dir)
@@ -54,7 +54,7 @@ def load_run(run_dir: str | Path, require_complete: bool = True) -> Run:
                           "no checkpoints/last.ckpt): it crashed, diverged or is still training. Rerun its "
                           "training command to finish it" + (", or pass require_complete=False to load its "
                                                              "last checkpoint." if ckpt else "."))
-    from dmlight.data import input_size
+    from dmlight.data.datasets import input_size
 
     model = model_from_config(cfg, *input_size(cfg.data))
     state = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]

@@ -1,7 +1,7 @@
 """DistanceProbe: the papers' perturbation test for any Lightning model, at any layer, during training.
 
 Does a layer code by distance or by intensity? The probe shifts the layer's units the
-papers' ways (USE: scale, clip, offset; LEARN: clamp_min, clamp_max; dmlight.perturbation
+papers' ways (USE: scale, clip, offset; LEARN: clamp_min, clamp_max; dmlight.perturbation.formulas
 holds the formulas) and measures how accuracy falls:
 
     from dmlight import DistanceProbe
@@ -31,13 +31,13 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.utilities.seed import isolate_rng
 from torch import nn
 
-from dmlight.loggers import member_loggers
-from dmlight.perturbation import KINDS, sweep_points, sweep_splits
-from dmlight.rundir import read_json, write_json_atomic
-from dmlight.site import OWN_OUTPUT, ProbeError, ProbeSite, locate  # noqa: F401  (ProbeError: re-exported)
-from dmlight.sweep_engine import (DEFAULT_CHUNK_ROWS, HookSweep, SplitSweep, append_results, layer_files,
+from dmlight.tracking.loggers import member_loggers
+from dmlight.perturbation.formulas import KINDS, sweep_points, sweep_splits
+from dmlight.runs.layout import read_json, write_json_atomic
+from dmlight.perturbation.site import OWN_OUTPUT, ProbeError, ProbeSite, locate  # noqa: F401  (ProbeError: re-exported)
+from dmlight.perturbation.engine import (DEFAULT_CHUNK_ROWS, HookSweep, SplitSweep, append_results, layer_files,
                                   recorded_epochs, sweep_rows, write_unit_ranges)
-from dmlight.wandb_log import log_sweep
+from dmlight.tracking.wandb_log import log_sweep
 
 PROBE_COLUMNS = ("epoch", "layer", "kind", "magnitude", "split", "unit", "accuracy")
 FAST_PATH_BYTES = 1 << 30  # SplitSweep keeps a split's layer output; above this the hooks recompute it
@@ -311,7 +311,7 @@ class PerturbationSweep(DistanceProbe):
     for a solo run, one per seed for an ensemble) at the network's site (`arch.site`), writing
     perturbation.csv and unit_ranges.csv (perturbation_<layer>.csv and unit_ranges_<layer>.csv for
     another `perturbation.layer` than `hidden`) into each member's run directory and, with W&B on, the
-    final sweep into the member's own W&B run (dmlight.wandb_log.log_sweep). A config that cannot
+    final sweep into the member's own W&B run (dmlight.tracking.wandb_log.log_sweep). A config that cannot
     run fails when training starts, not after it; `perturbation=none` (no kinds) sweeps nothing.
     """
 

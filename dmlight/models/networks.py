@@ -23,13 +23,13 @@ import torch
 from torch import nn
 
 from dmlight.errors import ConfigError
-from dmlight.grid import ACTIVATION_NAMES, ARCHS, SITES, check, hidden_widths, paper_name  # noqa: F401  (re-exported)
-from dmlight.layers import Abs, Neg, OffsetL2
+from dmlight.models.grid import ACTIVATION_NAMES, ARCHS, SITES, check, hidden_widths, paper_name  # noqa: F401  (re-exported)
+from dmlight.models.layers import Abs, Neg, OffsetL2
 from dmlight.targets import ARCH_KEYS, call_target, target_of, user_model_name
 
 _MODULES = {"relu": nn.ReLU, "abs": Abs, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh, "gelu": nn.GELU,
             "leaky_relu": nn.LeakyReLU}
-# activation name -> (the papers' name, its torch module); the names live in dmlight/grid.py
+# activation name -> (the papers' name, its torch module); the names live in dmlight/models/grid.py
 ACTIVATIONS = {name: (paper, _MODULES[name]) for name, paper in ACTIVATION_NAMES.items()}
 
 
@@ -48,7 +48,7 @@ class Network(nn.Sequential):
 
     Parts are reachable by name: `hidden`, `activation`, then `hidden2`, `activation2`, ... for
     each further hidden layer (`widths`: their widths), `head`, `output_activation`, `neg`.
-    `site` says where dmlight's probe (dmlight.probe) perturbs it: a hidden Linear's output
+    `site` says where dmlight's probe (dmlight.perturbation.probe) perturbs it: a hidden Linear's output
     (pre_activation, USE) or its activation's (post_activation, LEARN); `perturbation.layer`
     picks the layer (default `hidden`).
     """
