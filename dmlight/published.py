@@ -81,21 +81,6 @@ LEARN_PAIRS = (
 LEARN_DEAD = {("ReLU2", "output_activation"): "33% dead (notes: 22%); 53.5% active on <5% of inputs"}
 
 
-def use_published(kind: str, model: str, point: float) -> float | None:
-    """The USE paper's mean training accuracy (%) for `model` at a perturbation point, or None.
-
-        >>> use_published("offset", "Abs_Bias", -0.01)
-        99.82
-    """
-    points, table = USE_POINTS.get(kind, ((), {}))
-    if model not in table:
-        return None
-    for p, v in zip(points, table[model]):
-        if abs(p - point) < 1e-9:
-            return v
-    return None
-
-
 def use_table_grids() -> dict[str, list[float]]:
     """{kind: the magnitudes of the USE paper's table}, the grids of `perturbation=use_table`.
 

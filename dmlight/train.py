@@ -69,11 +69,6 @@ def member_config(cfg: DictConfig, seed: int) -> DictConfig:
     return member
 
 
-def member_dir(cfg: DictConfig, seed: int) -> Path:
-    """Where seed `seed`'s solo run lives by default (dmlight.runs.layout.run_dir of its config)."""
-    return rundir.run_dir(member_config(cfg, seed))
-
-
 def make_callbacks(cfg: DictConfig, run_dirs: list[Path], name: str, on_diverged=None) -> list[pl.Callback]:
     """The Lightning callbacks `cfg.callbacks` lists (conf/callbacks/), for these run directories."""
     return instantiate_group(cfg.callbacks, "callbacks", run_dirs=run_dirs, name=name, on_diverged=on_diverged)

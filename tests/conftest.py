@@ -59,6 +59,14 @@ def crash_at_epoch(monkeypatch, cfg, run_dir: Path, epoch: int) -> None:
         monkeypatch.setattr(train_mod, "make_callbacks", original)
 
 
+def member_dir(cfg, seed: int) -> Path:
+    """Where seed `seed`'s solo run lives by default: the run directory of `cfg` with that seed alone."""
+    from dmlight.runs.layout import run_dir
+    from dmlight.train import member_config
+
+    return run_dir(member_config(cfg, seed))
+
+
 def train_cfg(*overrides: str):
     from dmlight.config import compose_config
 

@@ -74,7 +74,8 @@ def test_every_summary_says_what_produced_it(tmp_path):
     from omegaconf import OmegaConf
 
     import dmlight
-    from dmlight.train import member_dir, train
+    from dmlight.train import train
+    from tests.conftest import member_dir
 
     def git(*args):
         return subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True).stdout.strip()

@@ -16,7 +16,8 @@ from dmlight.models.layers import Abs, Neg, OffsetL2
 from dmlight.models.networks import build_model, unit_counts
 from dmlight.perturb import perturb
 from dmlight.perturbation.formulas import PerturbationError, UnitRanges, perturbation_values
-from dmlight.train import build_network, member_dir, train
+from dmlight.train import build_network, train
+from tests.conftest import member_dir
 from tests.conftest import run_module, train_cfg
 from tests.test_cli import HEAVY, imported_modules
 
@@ -44,7 +45,7 @@ def test_a_three_layer_net_has_its_named_layers_and_widths():
     acts = [m for n, m in parts if n.startswith(("activation", "output_activation"))]
     assert all(isinstance(a, Abs) for a in acts) and len({id(a) for a in acts}) == 4  # one module per use
     assert isinstance(net.neg, Neg) and net.head.bias is None
-    assert net.name == "Abs2-Neg_64x32x16" and net.widths == (64, 32, 16) and net.hidden_units == 64
+    assert net.name == "Abs2-Neg_64x32x16" and net.widths == (64, 32, 16)
     assert net(torch.rand(5, 784) * 255).shape == (5, 10)
     counts = unit_counts(net, torch.rand(50, 784) * 255)
     assert {k: c["n"] for k, c in counts.items()} == {"activation": 64, "activation2": 32, "activation3": 16,

@@ -6,7 +6,8 @@ import pytest
 
 from dmlight.errors import NonFiniteLoss
 from dmlight.runs.layout import read_metrics
-from dmlight.train import member_dir, train
+from dmlight.train import train
+from tests.conftest import member_dir
 from tests.conftest import run_module, train_cfg
 
 pytestmark = pytest.mark.slow  # real trainings: `make test-fast` leaves them out

@@ -10,7 +10,8 @@ from dmlight import train as train_mod
 from dmlight.training.checkpoints import join_checkpoints, split_checkpoint
 from dmlight.training.module import Ensemble
 from dmlight.runs.layout import identity, read_metrics
-from dmlight.train import build_network, expand_seed_ranges, member_dir, train
+from dmlight.train import build_network, expand_seed_ranges, train
+from tests.conftest import member_dir
 from tests.conftest import train_cfg
 
 COMMON = ["experiment=learn_distance_metrics", "trainer.max_epochs=150", "run.checkpoint_every=50",

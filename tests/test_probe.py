@@ -23,7 +23,8 @@ from dmlight.config import CONF_DIR
 from dmlight.data.datasets import load_data
 from dmlight.models.layers import Abs
 from dmlight.perturbation.probe import DistanceProbe, ProbeError
-from dmlight.train import member_dir, train
+from dmlight.train import train
+from tests.conftest import member_dir
 from tests.conftest import crash_at_epoch, kill_after_first_checkpoint, train_cfg
 
 # Uneven grids, a handful of points each (magnitudes as fractions).

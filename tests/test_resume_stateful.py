@@ -17,7 +17,8 @@ import torch
 
 from dmlight import train as train_mod
 from dmlight.runs.layout import read_metrics
-from dmlight.train import member_dir, train
+from dmlight.train import train
+from tests.conftest import member_dir
 from tests.conftest import REPO, kill_after_first_checkpoint, train_cfg
 
 pytestmark = pytest.mark.slow  # real trainings: `make test-fast` leaves them out

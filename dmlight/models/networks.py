@@ -83,11 +83,6 @@ class Network(nn.Sequential):
         self.widths, self.site = widths, site
         self.name = paper_name(arch, activation, head_bias, widths)
 
-    @property
-    def hidden_units(self) -> int:
-        """The width of the first hidden layer (`hidden`), the papers' only one; `widths` has them all."""
-        return self.widths[0]
-
     def activation_layers(self) -> dict[str, nn.Module]:
         """The layers whose outputs count for dead units: every hidden layer's activation, `output_activation`."""
         watched = {act for _, act in layer_names(len(self.widths))} | {"output_activation"}

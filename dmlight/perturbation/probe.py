@@ -344,7 +344,7 @@ class PerturbationSweep(DistanceProbe):
     def targets(self, trainer, pl_module, final: bool):
         members = pl_module.members()
         own, _ = member_loggers(trainer.loggers, self.run_dirs)  # each member's own W&B run
-        retired = getattr(pl_module, "frozen", {})
+        retired = getattr(pl_module, "retired", {})
         return [(run_dir.name if len(members) > 1 else "", net.to(pl_module.data.x_train.device), run_dir, loggers)
                 for m, (net, run_dir, loggers) in enumerate(zip(members, self.run_dirs, own))
                 if final or m not in retired]  # a diverged member is not swept during training

@@ -180,18 +180,18 @@ class DistanceModule(pl.LightningModule):
                               "per forward/backward pass) or null to choose by device; e.g. run.member_group=4")
         self.member_group = member_group  # ensemble members per forward/backward; None: auto in setup
         self.history: torch.Tensor | None = None
-        self.frozen: dict[int, dict[str, torch.Tensor]] = {}  # retired member -> its parameters
+        self.retired: dict[int, dict[str, torch.Tensor]] = {}  # retired member -> the parameters it keeps
 
     def retire(self, member: int) -> None:
         """Stop member `member` (its loss became non-finite): its parameters stop changing. The
         others train on exactly as before: members share no arithmetic (see Ensemble)."""
         if isinstance(self.net, Ensemble):
-            self.frozen[member] = {n: p[member].detach().clone() for n, p in self.net.stacked().items()}
+            self.retired[member] = {n: p[member].detach().clone() for n, p in self.net.stacked().items()}
 
     @torch.no_grad()
     def _restore_retired(self) -> None:
         stacked = self.net.stacked()
-        for member, params in self.frozen.items():
+        for member, params in self.retired.items():
             for n, value in params.items():
                 stacked[n][member].copy_(value)
 
@@ -258,7 +258,7 @@ class DistanceModule(pl.LightningModule):
         if groups is not None:
             self.net.gather_grads(groups)
         opt.step()
-        if self.frozen:
+        if self.retired:
             self._restore_retired()
         if not self.batch_size:
             # Full batch: this forward pass already measured the whole training set.
