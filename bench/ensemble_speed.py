@@ -26,7 +26,8 @@ import torch
 from results import save  # bench/results.py (scripts run from bench/ on sys.path)
 from dmlight.config import compose_config
 from dmlight.data.datasets import load_data
-from dmlight.train import member_dir, train
+from dmlight.runs.layout import run_dir
+from dmlight.train import member_config, train
 
 
 def matmul_seconds(data: str, hidden: int, repeats: int = 30) -> float:
@@ -47,7 +48,7 @@ def matmul_seconds(data: str, hidden: int, repeats: int = 30) -> float:
 def metrics_bytes(common: list[str], output_dir: str, seed: int) -> bytes:
     """metrics.csv of seed `seed`'s run under `output_dir`, as bytes."""
     cfg = compose_config([*common, f"seed={seed}", f"paths.output_dir={output_dir}"])
-    return (member_dir(cfg, seed) / "metrics.csv").read_bytes()
+    return (run_dir(member_config(cfg, seed)) / "metrics.csv").read_bytes()
 
 
 def main() -> dict:

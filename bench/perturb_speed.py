@@ -89,7 +89,7 @@ def main() -> dict:
         data, data_name = load_data("synthetic", n_train=60000, n_test=10000), "synthetic"
     x, y = data.x_train, data.y_train
     net = trained_model(cfg, data, args.steps)
-    points = sweep_points(pcfg, net.site, net.hidden_units)
+    points = sweep_points(pcfg, net.site, net.widths[0])
     n_points = sum(len(v) for v in points.values())
 
     engine_sweep(net, x[:4096], y[:4096], points, chunk_rows)  # warm-up: allocator, threads
