@@ -16,7 +16,8 @@ N_RUNS = 20  # independent initialisations per model in both papers
 EXPERIMENT_ORDER = ("use_distance_metrics", "learn_distance_metrics", "learn_bias", "offset_l2")
 MODEL_ORDER = ("ReLU", "Abs", "ReLU2", "Abs2", "ReLU2-Neg", "Abs2-Neg",
                "ReLU-L2", "ReLU-L2-Neg", "Abs-L2", "Abs-L2-Neg")
-USE_KINDS = ("scale", "clip", "offset")
+USE_KINDS = ("scale", "clip", "offset")  # before the activation (pre_activation)
+LEARN_KINDS = ("clamp_min", "clamp_max")  # on the activation's output (post_activation)
 
 # ---- USE: "Neural Networks Use Distance Metrics" (arXiv:2411.17932)
 USE_MODELS = ("ReLU_Bias", "Abs_Bias")

@@ -38,7 +38,7 @@ from torch import nn
 
 from dmlight.models.layers import Abs
 from dmlight.perturbation.formulas import PerturbationError, UnitRanges, stack_values, sweep_points, sweep_splits
-from dmlight.runs.layout import PERTURBATION_FILE as RESULTS_FILE, RANGES_FILE  # the names live in rundir
+from dmlight.runs.layout import PERTURBATION_FILE as RESULTS_FILE, RANGES_FILE, csv_value  # the names live there
 from dmlight.perturbation.site import locate
 
 COLUMNS = ("epoch", "kind", "magnitude", "split", "unit", "accuracy")
@@ -319,12 +319,6 @@ def run_sweep(net: nn.Module, data, cfg, log=print, label: str = "", epoch: int 
 
 # ---------------------------------------------------------------- result files
 
-def _fmt(value) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return ""
-    return repr(float(value)) if isinstance(value, float) else str(value)
-
-
 def layer_files(layer: str = "hidden") -> tuple[str, str]:
     """(results, unit ranges) file names of a sweep at `layer`.
 
@@ -362,7 +356,7 @@ def append_results(run_dir: str | Path, rows: list[dict], filename: str = RESULT
         if not header:
             writer.writerow(columns)
         for row in rows:
-            writer.writerow([_fmt(row.get(c)) for c in columns])
+            writer.writerow([csv_value(row.get(c)) for c in columns])
         f.write(buf.getvalue())
         f.flush()
     return path
@@ -387,7 +381,7 @@ def write_unit_ranges(run_dir: str | Path, ranges: UnitRanges, filename: str = R
     with open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, RANGE_COLUMNS, lineterminator="\n")
         writer.writeheader()
-        writer.writerows({k: _fmt(v) for k, v in row.items()} for row in ranges.rows())
+        writer.writerows({k: csv_value(v) for k, v in row.items()} for row in ranges.rows())
     tmp.replace(path)
     return path
 

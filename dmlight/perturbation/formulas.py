@@ -35,9 +35,9 @@ import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from dmlight.errors import UserError
+from dmlight.published import LEARN_KINDS, USE_KINDS
 
-KINDS = {"scale": "pre_activation", "clip": "pre_activation", "offset": "pre_activation",
-         "clamp_min": "post_activation", "clamp_max": "post_activation"}
+KINDS = {**dict.fromkeys(USE_KINDS, "pre_activation"), **dict.fromkeys(LEARN_KINDS, "post_activation")}  # kind -> site
 SPLITS = ("train", "val", "test")  # dmlight's own data has train and test; a DistanceProbe may have val
 
 

@@ -105,7 +105,7 @@ def use_4(data: Runs, th: Thresholds = THRESHOLDS) -> Result:
     """Offset (distance) sensitivity is far larger than scale/clip (intensity) sensitivity."""
     checks, ev = [], []
     for model in pub.USE_MODELS:
-        got = {kind: ck.use_drops(data, model, kind) for kind in ("scale", "clip", "offset")}
+        got = {kind: ck.use_drops(data, model, kind) for kind in pub.USE_KINDS}
         if any(v is None for v in got.values()):
             checks.append(None)
             ev.append(ck.no_sweep(data, model, "missing sweep(s) " + ", ".join(k for k, v in got.items() if v is None)))

@@ -13,7 +13,8 @@ import pandas as pd
 
 from dmlight.report.checks import mean_drops, sensitivity
 from dmlight.report.figures import _colors, _plt, _save
-from dmlight.report.groups import SPLIT, USE_KINDS, group_key, label
+from dmlight.published import LEARN_KINDS, USE_KINDS
+from dmlight.report.groups import SPLIT, group_key, label
 from dmlight.report.load import Runs, pct, read_sweep_file
 from dmlight.report.tables import baseline_acc
 from dmlight.report.thresholds import THRESHOLDS, Thresholds
@@ -23,7 +24,7 @@ EMERGENCE_COLUMNS = GROUP + ["kind", "split", "epoch", "magnitude", "accuracy_pc
 USED = {("offset", -0.10): "offset_minus_used", ("offset", 0.10): "offset_plus_used", ("scale", 0.10): "scale_used",
         ("clip", 0.50): "clip_used"}  # the swept magnitude each of claim 4's points was matched to
 RATIO_COLUMNS = GROUP + ["epoch", "n", "distance_pp", "intensity_pp", "ratio", *USED.values()]
-KINDS = ("baseline", "scale", "clip", "offset", "clamp_min", "clamp_max")  # table and panel order
+KINDS = ("baseline", *USE_KINDS, *LEARN_KINDS)  # table and panel order
 IDENTITY = {"scale": 1.0, "clip": 1.0, "offset": 0.0, "clamp_min": 0.0, "clamp_max": 1.0}  # the unperturbed point
 AXIS = {"scale": ("intensity", "scale (% of the pre-activation)"),
         "clip": ("intensity", "clip (% of the unit's range)"),

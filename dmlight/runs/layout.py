@@ -28,6 +28,7 @@ import csv
 import fcntl
 import hashlib
 import json
+import math
 import os
 import time
 from pathlib import Path
@@ -290,6 +291,19 @@ def last_checkpoint(run_dir: Path) -> Path | None:
     """The run's latest checkpoint, if it has one."""
     p = last_checkpoint_path(run_dir)
     return p if p.exists() else None
+
+
+def csv_value(value) -> str:
+    """How every run file (metrics.csv, perturbation.csv, unit_ranges.csv) writes a value: a float exactly (its
+    repr reads back to the same bits), None or NaN as an empty cell.
+
+    Example:
+        >>> [csv_value(v) for v in (0.1, float("nan"), None, 3, "offset")]
+        ['0.1', '', '', '3', 'offset']
+    """
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    return repr(float(value)) if isinstance(value, float) else str(value)
 
 
 def read_metrics(run_dir: Path) -> list[dict]:

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import csv
-import math
 import time
 from pathlib import Path
 
@@ -12,12 +11,10 @@ import torch
 from dmlight.errors import NonFiniteLoss
 from dmlight.tracking.loggers import member_loggers
 from dmlight.training.progress import format_rate, format_seconds
-from dmlight.runs.layout import METRICS_COLUMNS, last_checkpoint_path
+from dmlight.runs.layout import METRICS_COLUMNS, csv_value, last_checkpoint_path
 from dmlight.tracking.wandb_log import learning_curves
 
 
-def _fmt(v: float) -> str:
-    return "" if math.isnan(v) else repr(float(v))
 
 class RunRecorder(pl.Callback):
     """Writes metrics.csv, checkpoints and progress lines; retires a member whose loss turns NaN/inf.
@@ -66,7 +63,7 @@ class RunRecorder(pl.Callback):
                 if new_file:
                     w.writerow(METRICS_COLUMNS)
                 for i, (loss, acc, test) in enumerate(rows, start=self.flushed + 1):
-                    w.writerow([i, _fmt(loss), _fmt(acc), _fmt(test)])
+                    w.writerow([i, csv_value(loss), csv_value(acc), csv_value(test)])
         self._log(trainer, block, {m: e for m, (e, _) in diverged.items()})
         for member, (epoch, loss) in diverged.items():
             self.last_epoch[member] = epoch

@@ -211,7 +211,10 @@ class DistanceModule(pl.LightningModule):
 
     def setup(self, stage: str) -> None:
         self.data = self.data.to(self.device)
-        max_epochs = self.trainer.max_epochs if self._trainer is not None else 0
+        try:
+            max_epochs = self.trainer.max_epochs
+        except RuntimeError:  # setup called by hand, with no Trainer attached (Lightning raises)
+            max_epochs = 0
         self.history = torch.full((self.n_members, max(max_epochs, 1), 3), float("nan"), device=self.device)
         if self.member_group is None:
             rows = self.batch_size or len(self.data.x_train)
