@@ -359,3 +359,21 @@ def test_a_run_killed_and_rerun_continues_its_wandb_run(tmp_path, monkeypatch):
     assert rows == reference[0]["history"]  # what an uninterrupted run logged, row for row
     final = {k: v for k, v in attempts[1]["summary"].items() if "/" in k}
     assert final and final == {k: v for k, v in reference[0]["summary"].items() if "/" in k}
+
+
+@pytest.mark.slow
+def test_a_resumed_run_whose_wandb_run_holds_nothing_gets_every_epoch(tmp_path, monkeypatch):
+    """Killed before W&B wrote a row: the rerun backfills epochs 1..3 from metrics.csv, then logs epoch 4."""
+    from dmlight.tracking.wandb_logger import ResumableWandbLogger
+
+    monkeypatch.delenv("WANDB_SERVICE", raising=False)
+    (tmp_path / "wandb_run.json").write_text('{"id": "abcdef123456"}')
+    (tmp_path / "metrics.csv").write_text("epoch,train_loss,train_acc,test_acc\n1,2.5,0.25,\n2,1.5,0.5,0.375\n"
+                                          "3,1.25,0.625,\n")
+    logger = ResumableWandbLogger(save_dir=str(tmp_path), project="dmlight", mode="offline")
+    logger.log_metrics({"train/loss": 1.0, "train/acc": 0.75}, step=4)
+    logger.experiment.finish()
+    attempt, = read_attempts(tmp_path)
+    assert attempt["id"] == "abcdef123456"
+    assert [(r["trainer/global_step"], r["train/loss"], r.get("test/acc")) for r in attempt["history"]] == \
+        [(1, 2.5, None), (2, 1.5, 0.375), (3, 1.25, None), (4, 1.0, None)]

@@ -64,7 +64,8 @@ class ResumableWandbLogger(WandbLogger):
         self._done, self._resume_at = None, None  # the last epoch W&B has; where its step goes on (offline)
         self._ask_summary = earlier == run_id and mode == "online"  # the resumed run's summary tells
         if earlier == run_id and mode == "offline":
-            self._done, self._resume_at = offline_progress(save_dir, run_id)
+            done, self._resume_at = offline_progress(save_dir, run_id)
+            self._done = 0 if done is None else done  # a W&B run that holds no row yet gets every epoch
 
     @rank_zero_only
     def log_metrics(self, metrics, step: int | None = None) -> None:
@@ -72,7 +73,7 @@ class ResumableWandbLogger(WandbLogger):
         if self._ask_summary:
             self._ask_summary = False
             done = getattr(run, "summary", {}).get(STEP)
-            self._done = int(done) if done is not None else None
+            self._done = int(done) if done is not None else 0
         if step is not None and self._done is not None and step <= self._done:
             return  # W&B has this row from an earlier attempt, with the same numbers
         if self._resume_at:
