@@ -180,7 +180,7 @@ def _train_locked(cfg: DictConfig, members: list[tuple[DictConfig, Path]],
         else:
             if summary.get("status") == rundir.DIVERGED:  # retry from scratch: its checkpoints led there
                 reset_run(d)
-            (d / "failed.json").unlink(missing_ok=True)
+            rundir.failed_path(d).unlink(missing_ok=True)
             todo.append((member_cfg, d))
     if todo:
         for d, summary in _fit(cfg, todo, name, callbacks).items():
@@ -194,7 +194,7 @@ def _resume_point(todo: list[tuple[DictConfig, Path]], name: str) -> Path | None
     ckpts = [last_checkpoint(d) for _, d in todo]
     if not any(ckpts):
         for _, d in todo:  # metrics of an attempt that died before its first checkpoint
-            (d / "metrics.csv").unlink(missing_ok=True)
+            rundir.metrics_path(d).unlink(missing_ok=True)
         return None
     if not all(ckpts):
         missing = [str(d) for (_, d), c in zip(todo, ckpts) if c is None]

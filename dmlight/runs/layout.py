@@ -306,6 +306,18 @@ def csv_value(value) -> str:
     return repr(float(value)) if isinstance(value, float) else str(value)
 
 
+def append_metrics(run_dir: Path, first_epoch: int, rows) -> None:
+    """Append (train_loss, train_acc, test_acc) rows for epochs first_epoch, first_epoch + 1, ... to metrics.csv
+    (its header first when the file is new); a NaN test accuracy (not evaluated that epoch) is an empty cell."""
+    path = metrics_path(run_dir)
+    new_file = not path.exists() or path.stat().st_size == 0
+    with open(path, "a", newline="") as f:
+        w = csv.writer(f)
+        if new_file:
+            w.writerow(METRICS_COLUMNS)
+        w.writerows([epoch, *map(csv_value, row)] for epoch, row in enumerate(rows, start=first_epoch))
+
+
 def read_metrics(run_dir: Path) -> list[dict]:
     path = metrics_path(run_dir)
     if not path.exists():
@@ -318,7 +330,7 @@ def truncate_metrics(run_dir: Path, last_epoch: int) -> None:
     """Keep metrics.csv rows up to `last_epoch` (the checkpoint a resumed run starts from)."""
     rows = [r for r in read_metrics(run_dir) if int(r["epoch"]) <= last_epoch]
     path = metrics_path(run_dir)
-    tmp = path.with_name("metrics.csv.tmp")
+    tmp = path.with_name(METRICS_FILE + ".tmp")
     with open(tmp, "w", newline="") as f:
         w = csv.DictWriter(f, METRICS_COLUMNS)
         w.writeheader()

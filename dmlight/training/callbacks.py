@@ -1,7 +1,6 @@
 """Lightning callbacks of dmlight's training: the run recorder."""
 from __future__ import annotations
 
-import csv
 import time
 from pathlib import Path
 
@@ -11,7 +10,7 @@ import torch
 from dmlight.errors import NonFiniteLoss
 from dmlight.tracking.loggers import member_loggers
 from dmlight.training.progress import format_rate, format_seconds
-from dmlight.runs.layout import METRICS_COLUMNS, csv_value, last_checkpoint_path
+from dmlight.runs.layout import append_metrics, last_checkpoint_path
 from dmlight.tracking.wandb_log import learning_curves
 
 
@@ -55,15 +54,7 @@ class RunRecorder(pl.Callback):
                 diverged[member] = (self.flushed + offset + 1, block[member, offset, 0].item())
         for member in self.alive():
             last = diverged[member][0] if member in diverged else upto
-            rows = block[member, : last - self.flushed].tolist()
-            path = self.run_dirs[member] / "metrics.csv"
-            new_file = not path.exists() or path.stat().st_size == 0
-            with open(path, "a", newline="") as f:
-                w = csv.writer(f)
-                if new_file:
-                    w.writerow(METRICS_COLUMNS)
-                for i, (loss, acc, test) in enumerate(rows, start=self.flushed + 1):
-                    w.writerow([i, csv_value(loss), csv_value(acc), csv_value(test)])
+            append_metrics(self.run_dirs[member], self.flushed + 1, block[member, : last - self.flushed].tolist())
         self._log(trainer, block, {m: e for m, (e, _) in diverged.items()})
         for member, (epoch, loss) in diverged.items():
             self.last_epoch[member] = epoch
