@@ -146,7 +146,9 @@ def test_a_transformer_encoder_layers_linear1_with_its_functional_relu(digits, t
     assert said == ["[probe encoder.linear1] 24 units, its features (the output's last axis); unit ranges measured "
                     "on activation_fn torch.relu; perturbed at 'encoder.linear1' (pre_activation)"]
     sites = json.loads((tmp_path / "probe_sites.json").read_text())
-    assert sites["encoder.linear1"]["ranges_after"] == "activation_fn torch.relu" and sites["encoder.linear1"]["units"] == 24
+    assert sites["encoder.linear1"] == {"site": "pre_activation", "perturbed": "encoder.linear1", "units": 24,
+                                       "unit_axis": "features (the output's last axis)", "unit_dim": -1,
+                                       "ranges_after": "activation_fn torch.relu"}
 
 
 @pytest.mark.slow

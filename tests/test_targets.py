@@ -7,6 +7,7 @@ import types
 
 import numpy as np
 import pytest
+import pytorch_lightning as pl
 import torch
 from omegaconf import OmegaConf
 from torch import nn
@@ -29,17 +30,14 @@ def _arrays(n_train=13, n_test=5, dim=6, dtype=np.float32, seed=11):
     return x[:n_train], y[:n_train], x[n_train:], y[n_train:]
 
 
-class _DataModule:
-    """A LightningDataModule's protocol, batches of 4 (the last one short)."""
-
-    def __init__(self):
-        self.stages = []
+class _DataModule(pl.LightningDataModule):
+    """A LightningDataModule, batches of 4 (the last one short)."""
 
     def prepare_data(self):
-        self.stages.append("prepare")
+        CALLS.append("prepare")
 
     def setup(self, stage):
-        self.stages.append(stage)
+        CALLS.append(stage)
 
     def _loader(self, x, y):
         ds = torch.utils.data.TensorDataset(torch.as_tensor(x), torch.as_tensor(y))
@@ -94,6 +92,7 @@ def test_float_inputs_refuse_standardize():
 
 def test_a_datamodule_is_read_whole_in_order():
     splits = load_data_cfg(_data("DataModule"))
+    assert CALLS == ["prepare", "fit", "test"]  # prepared once, set up for each loader it is read from
     x_train, y_train, x_test, y_test = _arrays()
     assert splits.x_train.shape == (13, 6) and torch.equal(splits.x_train, torch.from_numpy(x_train))
     assert splits.y_test.tolist() == y_test.tolist()

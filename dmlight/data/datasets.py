@@ -40,7 +40,7 @@ class DataError(UserError, RuntimeError):
 
 @dataclass
 class Splits:
-    """One tensor per split: x is (n, 784) float32, y is (n,) int64."""
+    """One tensor per split: x is (n, features) float32 (784 for dmlight's own sets), y is (n,) int64."""
 
     x_train: torch.Tensor
     y_train: torch.Tensor
@@ -266,8 +266,8 @@ def user_data(cfg) -> Splits:
     if not isinstance(made, (tuple, list)) or len(made) != 4:
         raise ConfigError(f"{where} returned {type(made).__name__}; accepted: (x_train, y_train, x_test, y_test), "
                           "a dmlight.data.datasets.Splits or a LightningDataModule.")
-    xs, ys = [torch.as_tensor(np.asarray(t) if not torch.is_tensor(t) else t) for t in made[::2]], \
-        [torch.as_tensor(np.asarray(t) if not torch.is_tensor(t) else t) for t in made[1::2]]
+    made = [t if torch.is_tensor(t) else torch.as_tensor(np.asarray(t)) for t in made]
+    xs, ys = made[::2], made[1::2]
     preprocess = cfg.get("preprocess", "raw")
     if xs[0].dtype == torch.uint8:
         xs = [preprocess_images(x.numpy(), preprocess) for x in xs]
@@ -296,11 +296,3 @@ def _from_datamodule(dm) -> tuple[torch.Tensor, ...]:
         batches = [(x, y) for x, y in getattr(dm, loader)()]
         out += [torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches])]
     return tuple(out)
-
-
-def input_size(cfg) -> tuple[int, int]:
-    """(in_features, n_classes) of the `data` config's set: MNIST's shape for dmlight's own sets; a user's
-    set (`data._target_`) is loaded to count them."""
-    if not target_of(cfg):
-        return 784, 10
-    return user_data(cfg).sizes()

@@ -7,6 +7,7 @@ import torch
 from omegaconf import DictConfig
 
 from dmlight.errors import UserError
+from dmlight.targets import target_of
 from dmlight.runs.layout import last_checkpoint, read_config, read_json, summary_path
 
 
@@ -17,14 +18,17 @@ class RunDirError(UserError, FileNotFoundError):
 class Run:
     """A finished (or checkpointed) run, loaded for analysis: `.model`, `.cfg`, `.summary`, `.data()`."""
 
-    def __init__(self, run_dir: Path, cfg: DictConfig, model: torch.nn.Module, summary: dict | None):
+    def __init__(self, run_dir: Path, cfg: DictConfig, model: torch.nn.Module, summary: dict | None,
+                 splits=None):
         self.run_dir, self.cfg, self.model, self.summary = run_dir, cfg, model, summary
+        self._splits = splits  # a user's data set, already loaded to size the network
 
     def data(self, device="cpu"):
         """(x_train, y_train, x_test, y_test), preprocessed exactly as in training."""
         from dmlight.data.datasets import load_data_cfg
 
-        return load_data_cfg(self.cfg.data, device).as_tuple()
+        splits = self._splits if self._splits is not None else load_data_cfg(self.cfg.data)
+        return splits.to(device).as_tuple()
 
     def __repr__(self) -> str:
         status = "complete" if self.summary else "incomplete"
@@ -39,6 +43,7 @@ def load_run(run_dir: str | Path, require_complete: bool = True) -> Run:
         >>> x_train, y_train, x_test, y_test = run.data()                                           # doctest: +SKIP
         >>> (run.model(x_test).argmax(1) == y_test).float().mean()                                 # doctest: +SKIP
     """
+    from dmlight.data.datasets import load_data_cfg
     from dmlight.models.networks import model_from_config
 
     run_dir = Path(run_dir)
@@ -54,9 +59,9 @@ def load_run(run_dir: str | Path, require_complete: bool = True) -> Run:
                           "no checkpoints/last.ckpt): it crashed, diverged or is still training. Rerun its "
                           "training command to finish it" + (", or pass require_complete=False to load its "
                                                              "last checkpoint." if ckpt else "."))
-    from dmlight.data.datasets import input_size
-
-    model = model_from_config(cfg, *input_size(cfg.data))
+    # dmlight's own sets are MNIST-shaped; a user's (data._target_) is loaded once, to size the network and for data()
+    splits = load_data_cfg(cfg.data) if target_of(cfg.data) else None
+    model = model_from_config(cfg, *(splits.sizes() if splits is not None else (784, 10)))
     state = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
     model.load_state_dict({k.removeprefix("net."): v for k, v in state.items() if k.startswith("net.")})
-    return Run(run_dir, cfg, model.eval(), summary)
+    return Run(run_dir, cfg, model.eval(), summary, splits)
