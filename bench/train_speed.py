@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from results import save  # bench/results.py (scripts run from bench/ on sys.path)
 from dmlight.config import compose_config
 from dmlight.data.datasets import load_data
-from dmlight.runs.layout import METRICS_COLUMNS, read_metrics
+from dmlight.runs.files import METRICS_COLUMNS, read_metrics
 from dmlight.train import build_network, train
 
 

@@ -28,7 +28,8 @@ from dmlight.errors import UserError
 from dmlight.perturbation.formulas import PerturbationError, sweep_points
 from dmlight.perturbation.site import ProbeError, locate
 from dmlight.runs.load import RunDirError, load_run
-from dmlight.perturbation.engine import append_results, layer_files, run_sweep, write_unit_ranges
+from dmlight.perturbation.engine import run_sweep
+from dmlight.runs.files import append_results, layer_files, write_unit_ranges
 
 EXAMPLE = ("python -m dmlight.perturb run_dir=outputs/use_distance_metrics/mnist5k-raw/ReLU_Bias/seed0 "
            "perturbation=use")

@@ -27,9 +27,10 @@ from omegaconf import DictConfig, OmegaConf
 from dmlight import config as _config  # noqa: F401  (registers the run directory's resolvers)
 from dmlight.errors import ConfigError, NonFiniteLoss, UserError
 from dmlight.models.grid import hidden_setting
-from dmlight.runs import layout as rundir
-from dmlight.runs.layout import (RunDirBusy, RunDirConflict, RunLock, claim_run_dir, last_checkpoint, read_json,
-                                 record_failure, reset_run, summary_path, truncate_metrics, write_json_atomic)
+from dmlight.runs import files as runfiles, layout as rundir
+from dmlight.runs.files import (last_checkpoint, make_summary, read_json, record_failure, reset_run, summary_path,
+                                truncate_metrics, write_summary)
+from dmlight.runs.layout import RunDirBusy, RunDirConflict, RunLock, claim_run_dir
 from dmlight.targets import check_targets
 from dmlight.tracking.loggers import finish_loggers, instantiate_group, make_loggers, offline_hint
 from dmlight.training import devices
@@ -74,21 +75,16 @@ def make_callbacks(cfg: DictConfig, run_dirs: list[Path], name: str, on_diverged
     return instantiate_group(cfg.callbacks, "callbacks", run_dirs=run_dirs, name=name, on_diverged=on_diverged)
 
 
-def run_fields(cfg: DictConfig, status: str) -> dict:
-    """What every summary.json says of its run, whatever became of it."""
-    return {
-        "status": status, "experiment": cfg.experiment_name, "model_name": _config.model_name(cfg),
-        "arch": cfg.arch.name, "activation": cfg.activation.name, "head_bias": bool(cfg.arch.head_bias),
-        "hidden": hidden_setting(cfg.arch.hidden), "perturbation_site": cfg.arch.site, "seed": int(cfg.seed),
-        "data": cfg.data.name, "preprocess": cfg.data.preprocess, "epochs": int(cfg.trainer.max_epochs),
-        "lr": float(cfg.optimizer.lr), "variant": str(cfg.get("variant") or ""),
-    }
-
-
-def diverged_summary(cfg: DictConfig, epoch: int, loss: float, ensemble_size: int) -> dict:
-    """summary.json of a run whose training loss became non-finite: a result, not a crash."""
-    return {**run_fields(cfg, rundir.DIVERGED), "diverged_epoch": int(epoch), "diverged_loss": str(loss),
-            "ensemble_size": ensemble_size}
+def run_summary(cfg: DictConfig, status: str, ensemble_size: int, provenance: dict, **measured) -> dict:
+    """summary.json of a run (dmlight.runs.files.SUMMARY_KEYS): what every summary says of its run, whatever
+    became of it, and what was `measured` (final_measures' numbers, or where a diverged run's loss broke)."""
+    return make_summary(
+        status=status, experiment=cfg.experiment_name, model_name=_config.model_name(cfg),
+        arch=cfg.arch.name, activation=cfg.activation.name, head_bias=bool(cfg.arch.head_bias),
+        hidden=hidden_setting(cfg.arch.hidden), perturbation_site=cfg.arch.site, seed=int(cfg.seed),
+        data=cfg.data.name, preprocess=cfg.data.preprocess, epochs=int(cfg.trainer.max_epochs),
+        lr=float(cfg.optimizer.lr), variant=str(cfg.get("variant") or ""), ensemble_size=ensemble_size,
+        provenance=provenance, **measured)
 
 
 def diverged_message(name: str, summary: dict, run_dir: Path) -> str:
@@ -97,8 +93,8 @@ def diverged_message(name: str, summary: dict, run_dir: Path) -> str:
             "run.retry_diverged=true retrains it. Lower optimizer.lr, or try data.preprocess=standardize.")
 
 
-def final_summary(cfg: DictConfig, net, data, seconds: float) -> dict:
-    """summary.json of a finished run, measured on the final network."""
+def final_measures(net, data, seconds: float) -> dict:
+    """What summary.json says of a finished run, measured on the final network."""
     import torch
 
     from dmlight.models.networks import unit_counts
@@ -110,7 +106,6 @@ def final_summary(cfg: DictConfig, net, data, seconds: float) -> dict:
         units[split], logits[split] = unit_counts(net, data.split(split)[0], return_output=True)
     y_train, y_test = data.y_train, data.y_test
     return {
-        **run_fields(cfg, rundir.COMPLETE),
         "train_loss": torch.nn.functional.cross_entropy(logits["train"], y_train).item(),
         "train_acc": accuracy(logits["train"], y_train).item(),
         "test_acc": accuracy(logits["test"], y_test).item(),
@@ -158,7 +153,7 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None,
                         record_failure(d, e)
             raise
     name = _config.model_name(cfg)
-    if all(s["status"] == rundir.DIVERGED for s in summaries):
+    if all(s["status"] == runfiles.DIVERGED for s in summaries):
         raise NonFiniteLoss(" ".join(diverged_message(name, s, d) for s, (_, d) in zip(summaries, members)))
     return summaries[0] if cfg.get("seeds") is None else summaries
 
@@ -170,17 +165,17 @@ def _train_locked(cfg: DictConfig, members: list[tuple[DictConfig, Path]],
     for member_cfg, d in members:
         claim_run_dir(d, member_cfg)
         summary = read_json(summary_path(d)) or {}
-        if summary.get("status") == rundir.COMPLETE:
+        if summary.get("status") == runfiles.COMPLETE:
             print(f"[{name}] seed {member_cfg.seed} complete, skipping: {d}", flush=True)
             done[d] = summary
-        elif summary.get("status") == rundir.DIVERGED and not cfg.run.get("retry_diverged"):
+        elif summary.get("status") == runfiles.DIVERGED and not cfg.run.get("retry_diverged"):
             print(f"[{name}] seed {member_cfg.seed} diverged at epoch {summary['diverged_epoch']}, skipping "
                   f"(run.retry_diverged=true retrains it): {d}", flush=True)
             done[d] = summary
         else:
-            if summary.get("status") == rundir.DIVERGED:  # retry from scratch: its checkpoints led there
+            if summary.get("status") == runfiles.DIVERGED:  # retry from scratch: its checkpoints led there
                 reset_run(d)
-            rundir.failed_path(d).unlink(missing_ok=True)
+            runfiles.failed_path(d).unlink(missing_ok=True)
             todo.append((member_cfg, d))
     if todo:
         for d, summary in _fit(cfg, todo, name, callbacks).items():
@@ -194,7 +189,7 @@ def _resume_point(todo: list[tuple[DictConfig, Path]], name: str) -> Path | None
     ckpts = [last_checkpoint(d) for _, d in todo]
     if not any(ckpts):
         for _, d in todo:  # metrics of an attempt that died before its first checkpoint
-            rundir.metrics_path(d).unlink(missing_ok=True)
+            runfiles.metrics_path(d).unlink(missing_ok=True)
         return None
     if not all(ckpts):
         missing = [str(d) for (_, d), c in zip(todo, ckpts) if c is None]
@@ -243,8 +238,9 @@ def _fit(cfg: DictConfig, todo: list[tuple[DictConfig, Path]], name: str,
     def on_diverged(member: int, epoch: int, loss: float) -> None:
         member_cfg, d = todo[member]
         module.retire(member)
-        summaries[d] = {**diverged_summary(member_cfg, epoch, loss, len(todo)), "provenance": prov}
-        write_json_atomic(summary_path(d), summaries[d])
+        summaries[d] = run_summary(member_cfg, runfiles.DIVERGED, len(todo), prov, diverged_epoch=int(epoch),
+                                   diverged_loss=str(loss))
+        write_summary(d, summaries[d])
         print(f"[{name}] seed {member_cfg.seed} diverged: loss {loss} at epoch {epoch}; retired, "
               f"{'the others train on' if len(todo) > 1 else 'stopping'}  -> {d}", flush=True)
 
@@ -263,11 +259,9 @@ def _fit(cfg: DictConfig, todo: list[tuple[DictConfig, Path]], name: str,
         for (member_cfg, d), member in zip(todo, module.members()):
             if d in summaries:  # diverged
                 continue
-            summary = final_summary(member_cfg, member, module.data, time.perf_counter() - t0)
-            summary["fit_time_s"] = round(fit_time, 4)
-            summary["ensemble_size"] = len(todo)
-            summary["provenance"] = prov
-            write_json_atomic(summary_path(d), summary)
+            summary = run_summary(member_cfg, runfiles.COMPLETE, len(todo), prov, fit_time_s=round(fit_time, 4),
+                                  **final_measures(member, module.data, time.perf_counter() - t0))
+            write_summary(d, summary)
             summaries[d] = summary
             print(f"[{name}] seed {member_cfg.seed} done: train acc {100 * summary['train_acc']:.2f}%  "
                   f"test acc {100 * summary['test_acc']:.2f}%  loss {summary['train_loss']:.4g}  -> {d}",

@@ -5,7 +5,7 @@ import math
 import pytest
 
 from dmlight.errors import NonFiniteLoss
-from dmlight.runs.layout import read_metrics
+from dmlight.runs.files import read_metrics
 from dmlight.train import train
 from tests.conftest import member_dir
 from tests.conftest import run_module, train_cfg

@@ -9,7 +9,8 @@ import dmlight
 from dmlight import train as train_mod
 from dmlight.training.checkpoints import join_checkpoints, split_checkpoint
 from dmlight.training.module import Ensemble
-from dmlight.runs.layout import identity, read_metrics
+from dmlight.runs.layout import identity
+from dmlight.runs.files import read_metrics
 from dmlight.train import build_network, expand_seed_ranges, train
 from tests.conftest import member_dir
 from tests.conftest import train_cfg
@@ -236,3 +237,38 @@ def test_an_ensemble_refuses_a_part_it_has_no_stacked_form_of():
         net.neg = torch.nn.LayerNorm(10)
     with pytest.raises(TypeError, match="no stacked form of neg .LayerNorm.*seed=<s>"):
         Ensemble(nets)
+
+
+@pytest.mark.slow
+def test_save_checkpoint_writes_the_path_lightning_is_given(tmp_path):
+    """Lightning's CheckpointIO contract: trainer.save_checkpoint(path) writes `path` (the first member's state);
+    the other member's goes beside it, and loading that path gives the ensemble back."""
+    import hydra
+
+    from dmlight.data.datasets import load_data_cfg
+    from dmlight.training.checkpoints import MemberCheckpoints
+    from dmlight.training.module import DistanceModule
+
+    cfg = train_cfg("experiment=use_distance_metrics", "optimizer=adam", "data=synthetic")
+    data = load_data_cfg(cfg.data)
+    ens = Ensemble([build_network(cfg, seed=s, sizes=data.sizes()) for s in (3, 8)])
+    module = DistanceModule(ens, data, hydra.utils.instantiate(cfg.optimizer), None, 1)
+    dirs = [tmp_path / "seed3", tmp_path / "seed8"]
+    trainer = pl.Trainer(max_epochs=3, accelerator="cpu", logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, plugins=[MemberCheckpoints(dirs)],
+                         num_sanity_val_steps=0, limit_val_batches=0)
+    trainer.fit(module)
+    target = tmp_path / "elsewhere" / "x.ckpt"
+    trainer.save_checkpoint(target)
+    assert sorted(p.name for p in target.parent.iterdir()) == ["x.ckpt", "x.member1.ckpt"]
+    assert not (dirs[0] / "checkpoints").exists()  # nothing written where it was not asked
+    first = torch.load(target, weights_only=False)
+    assert torch.equal(first["state_dict"]["net.hidden.weight"], module.members()[0].hidden.weight)
+    assert first["epoch"] == 3 and "exp_avg" in first["optimizer_states"][0]["state"][0]
+    inside = dirs[0] / "checkpoints" / "epoch3.ckpt"
+    trainer.save_checkpoint(inside)
+    assert (dirs[1] / "checkpoints" / "epoch3.ckpt").is_file()
+    back = MemberCheckpoints(dirs).load_checkpoint(target)
+    assert all(torch.equal(back["state_dict"][f"net.{k}"], v) for k, v in ens.state_dict().items())
+    trainer.strategy.remove_checkpoint(target)
+    assert list(target.parent.iterdir()) == []

@@ -19,7 +19,8 @@ from dmlight.perturbation import engine as sweep_engine
 from dmlight.perturbation.formulas import (PerturbationError, UnitRanges, expand_grid, perturbation_values, stack_values,
                                   sweep_points)
 from dmlight.perturbation.probe import PerturbationSweep
-from dmlight.perturbation.engine import COLUMNS, RANGE_COLUMNS, network_sweep, read_results, run_sweep
+from dmlight.perturbation.engine import network_sweep, run_sweep
+from dmlight.runs.files import PERTURBATION_COLUMNS as COLUMNS, RANGE_COLUMNS, read_results
 from dmlight.train import train
 from tests.conftest import run_module, train_cfg
 

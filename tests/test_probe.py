@@ -18,7 +18,7 @@ from omegaconf import OmegaConf
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from dmlight.perturbation import probe as probe_mod
+from dmlight.perturbation import engine as engine_mod
 from dmlight.config import CONF_DIR
 from dmlight.data.datasets import load_data
 from dmlight.models.layers import Abs
@@ -334,7 +334,7 @@ def test_the_hook_path_gives_dmlights_own_numbers_on_the_papers_mlps(paper_runs,
     def no_split_sweep(*a, **k):
         raise AssertionError("the probe took the Sequential path")
 
-    monkeypatch.setattr(probe_mod, "SplitSweep", no_split_sweep)
+    monkeypatch.setattr(engine_mod, "SplitSweep", no_split_sweep)
     grid = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "perturbation" / f"{run}.yaml"))
     grid = {"kinds": kinds, "grids": {k: grid["grids"][k] for k in kinds}}
     data = {"train": (digits.x_train, digits.y_train), "test": (digits.x_test, digits.y_test)}
@@ -676,12 +676,12 @@ def test_a_sequential_gives_the_same_counts_by_both_engines(tmp_path, digits, mo
     x, y = digits.x_train / 255.0, digits.y_train
     data = {"train": (x, y), "test": loader(digits.x_test / 255.0, digits.y_test, 333)}  # batches of 333, then 1
     engines = {}
-    real_split, real_hook = probe_mod.SplitSweep, probe_mod.HookSweep
+    real_split, real_hook = engine_mod.SplitSweep, engine_mod.HookSweep
     for engine in ("split", "hook"):
         used = []
-        monkeypatch.setattr(probe_mod, "SplitSweep", lambda *a, **k: used.append("split") or real_split(*a, **k))
-        monkeypatch.setattr(probe_mod, "HookSweep", lambda *a, **k: used.append("hook") or real_hook(*a, **k))
-        monkeypatch.setattr(probe_mod, "FAST_PATH_BYTES", 1 << 30 if engine == "split" else 0)
+        monkeypatch.setattr(engine_mod, "SplitSweep", lambda *a, **k: used.append("split") or real_split(*a, **k))
+        monkeypatch.setattr(engine_mod, "HookSweep", lambda *a, **k: used.append("hook") or real_hook(*a, **k))
+        monkeypatch.setattr(engine_mod, "FAST_PATH_BYTES", 1 << 30 if engine == "split" else 0)
         for name, grid, unit in (("use", USE_GRID, None), ("learn", LEARN_GRID, None), ("learn1", LEARN_GRID, 3)):
             perturbation = {**grid, "unit": unit}
             probe = DistanceProbe(layer, perturbation, splits=("train", "test"), data=data, model="net",

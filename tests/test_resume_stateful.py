@@ -16,7 +16,7 @@ import pytorch_lightning as pl
 import torch
 
 from dmlight import train as train_mod
-from dmlight.runs.layout import read_metrics
+from dmlight.runs.files import read_metrics
 from dmlight.train import train
 from tests.conftest import member_dir
 from tests.conftest import REPO, kill_after_first_checkpoint, train_cfg

@@ -6,7 +6,8 @@ import sys
 
 import pytest
 
-from dmlight.runs.layout import RunDirBusy, RunLock, read_metrics
+from dmlight.runs.layout import RunDirBusy, RunLock
+from dmlight.runs.files import read_metrics
 from dmlight.train import train
 from tests.conftest import REPO, crash_at_epoch, kill_after_first_checkpoint, train_cfg
 

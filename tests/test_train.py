@@ -5,7 +5,8 @@ import pytest
 import torch
 
 import dmlight
-from dmlight.runs.layout import RunDirConflict, read_metrics
+from dmlight.runs.layout import RunDirConflict
+from dmlight.runs.files import read_metrics
 from dmlight.train import train
 from tests.conftest import run_module, train_cfg
 

@@ -17,33 +17,25 @@ Two shortcuts of SplitSweep change no count: steps that change no value are skip
 and a clamp at +-inf are x; x + 0 is x but for turning -0 into +0, which compare equal),
 and a point that leaves every value of the split as it was counts as the baseline.
 
-Results go next to the run: perturbation.csv (epoch, kind, magnitude, split, unit, accuracy;
-appended, never rewritten; `epoch` counts the training epochs done when the sweep ran;
-`baseline` rows are the unperturbed point with an empty magnitude) and unit_ranges.csv
-(unit, min, max, range on the training set). A sweep of another layer than `hidden` (a deeper
-net's `hidden2`, ...) writes perturbation_<layer>.csv and unit_ranges_<layer>.csv (`layer_files`):
-two layers' rows never mix in one file, and perturbation.csv stays the papers' layer's.
+`sweep_rows` gives a sweep's rows; their file (perturbation.csv, perturbation_<layer>.csv for another layer
+than `hidden`) and unit_ranges.csv are dmlight.runs.files'.
 """
 from __future__ import annotations
 
-import csv
-import io
 import math
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import torch
 from torch import nn
 
 from dmlight.models.layers import Abs
-from dmlight.perturbation.formulas import PerturbationError, UnitRanges, stack_values, sweep_points, sweep_splits
-from dmlight.runs.layout import PERTURBATION_FILE as RESULTS_FILE, RANGES_FILE, csv_value  # the names live there
-from dmlight.perturbation.site import locate
+from dmlight.perturbation.formulas import (PerturbationError, UnitRanges, check_unit, stack_values, sweep_points,
+                                          sweep_splits)
+from dmlight.perturbation.site import ProbeSite, locate
 
-COLUMNS = ("epoch", "kind", "magnitude", "split", "unit", "accuracy")
-RANGE_COLUMNS = ("unit", "min", "max", "range")
 DEFAULT_CHUNK_ROWS = 4096
+FAST_PATH_BYTES = 1 << 30  # SplitSweep keeps a split's layer output; above this the hooks recompute it
 MAX_WORKERS = 8  # past a few workers the GIL, held while each op is dispatched, is the limit
 IN_PLACE = {nn.ReLU: torch.relu_, Abs: torch.abs_}  # activations that can run in place
 
@@ -287,6 +279,45 @@ def sweep_rows(sweeps: dict, points: dict[str, list[float]], ranges: UnitRanges,
     return rows
 
 
+def site_sweeps(model: nn.Module, where: ProbeSite, batches_of, splits, unit: int | None = None,
+                chunk_rows: int = DEFAULT_CHUNK_ROWS) -> tuple[dict, UnitRanges]:
+    """The one sweep driver's set-up, for dmlight's training, dmlight.perturb and DistanceProbe alike: a
+    sweep per split at `where` (dmlight.perturbation.site.locate) and the training set's unit ranges,
+    after checking `unit` against them. `batches_of(split)` gives a split's (x, y) batches on the
+    model's device. A Sequential split at the target runs SplitSweep (trunk once) unless the trunk's
+    output would pass FAST_PATH_BYTES; any other model runs HookSweep.
+
+    Example:
+        >>> from dmlight.models.networks import build_model
+        >>> from dmlight.perturbation.site import locate
+        >>> net = build_model("mlp", "abs").eval()
+        >>> data = {"train": [(torch.rand(9, 784), torch.zeros(9, dtype=torch.long))]}
+        >>> sweeps, ranges = site_sweeps(net, locate(net, "hidden"), data.get, ["train"])
+        >>> type(sweeps["train"]).__name__, len(ranges.min)
+        ('SplitSweep', 128)
+    """
+    train = batches_of("train")
+    parts = where.split(model)
+    if parts is not None and train:
+        with torch.inference_mode():
+            out = parts[0](train[0][0][:1])
+        if out.element_size() * out.numel() * sum(len(y) for _, y in train) > FAST_PATH_BYTES:
+            parts = None
+
+    def one(batches):
+        if parts is not None:
+            x, y = torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches])
+            return SplitSweep(parts[0], parts[1], x, y, parts[2], chunk_rows, unit_dim=where.unit_dim,
+                              layer=where.layer)
+        return HookSweep(model, model.get_submodule(where.target), batches, where.ranges_module(model),
+                         unit_dim=where.unit_dim, layer=where.layer)
+
+    first = one(train)
+    ranges = first.unit_ranges()  # always the training set's, whichever splits are measured
+    check_unit(unit, len(ranges.min), where.layer)
+    return {split: first if split == "train" else one(batches_of(split)) for split in splits}, ranges
+
+
 def run_sweep(net: nn.Module, data, cfg, log=print, label: str = "", epoch: int | None = None,
               points: dict | None = None) -> tuple[list[dict], UnitRanges]:
     """Run the sweep `cfg` (a `perturbation` config) on a dmlight Network and `data` (a
@@ -295,107 +326,16 @@ def run_sweep(net: nn.Module, data, cfg, log=print, label: str = "", epoch: int 
 
     Returns the rows for perturbation.csv (one baseline row per split, then one per point)
     and the training-set unit ranges the points were computed from. `points` replaces the
-    config's grid (the coarse grid of sweeps during training). Leaves the network in eval mode.
+    config's grid. Leaves the network in eval mode.
 
     Example:
         >>> run = load_run("outputs/use_distance_metrics/mnist5k-raw/ReLU_Bias/seed0")   # doctest: +SKIP
         >>> cfg = compose_config(["perturbation=offset"]).perturbation                        # doctest: +SKIP
         >>> rows, ranges = run_sweep(run.model, load_data("mnist5k"), cfg)                     # doctest: +SKIP
     """
-    layer = cfg.get("layer") or "hidden"
     points = points or sweep_points(cfg, net.site, None)
-    unit = cfg.get("unit")
-    chunk_rows = cfg.get("chunk_rows") or DEFAULT_CHUNK_ROWS
     net.eval()
-    train = network_sweep(net, *data.split("train"), layer, chunk_rows=chunk_rows)
-    ranges = train.unit_ranges()  # always the training set's, whichever splits are measured
-    if unit is not None and not 0 <= unit < len(ranges.min):
-        raise PerturbationError(f"perturbation.unit={unit!r} is not a unit of {layer!r}; accepted: "
-                                f"0..{len(ranges.min) - 1}, or null for the whole layer.")
-    sweeps = {split: train if split == "train" else network_sweep(net, *data.split(split), layer, chunk_rows=chunk_rows)
-              for split in sweep_splits(cfg)}
-    return sweep_rows(sweeps, points, ranges, unit, epoch, log, label), ranges
-
-
-# ---------------------------------------------------------------- result files
-
-def layer_files(layer: str = "hidden") -> tuple[str, str]:
-    """(results, unit ranges) file names of a sweep at `layer`.
-
-    Example:
-        >>> layer_files(), layer_files("hidden2")
-        (('perturbation.csv', 'unit_ranges.csv'), ('perturbation_hidden2.csv', 'unit_ranges_hidden2.csv'))
-    """
-    if layer == "hidden":
-        return RESULTS_FILE, RANGES_FILE
-    return tuple(f"{Path(name).stem}_{layer}.csv" for name in (RESULTS_FILE, RANGES_FILE))
-
-
-def append_results(run_dir: str | Path, rows: list[dict], filename: str = RESULTS_FILE,
-                   columns: tuple[str, ...] = COLUMNS) -> Path:
-    """Append rows to <run_dir>/<filename> (header `columns` when new), under a file lock so
-    parallel sweeps of one run never interleave. Rows already there are never rewritten: a
-    file written by an older version keeps its own columns (one without `epoch` gets rows
-    without it)."""
-    path = Path(run_dir) / filename
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+", newline="") as f:
-        try:
-            import fcntl
-
-            fcntl.flock(f, fcntl.LOCK_EX)
-        except ImportError:  # no POSIX locks (Windows): appends still happen in one write
-            pass
-        f.seek(0)
-        header = f.readline().strip()
-        f.seek(0, io.SEEK_END)
-        if header:
-            columns = tuple(header.split(","))
-        buf = io.StringIO()
-        writer = csv.writer(buf, lineterminator="\n")
-        if not header:
-            writer.writerow(columns)
-        for row in rows:
-            writer.writerow([csv_value(row.get(c)) for c in columns])
-        f.write(buf.getvalue())
-        f.flush()
-    return path
-
-
-def recorded_epochs(run_dir: str | Path, filename: str = RESULTS_FILE, layer: str | None = None) -> set[int]:
-    """The epochs that already have sweep rows in <run_dir>/<filename>, of `layer` where the file has a
-    layer column (several probes share one file): a resumed run skips them."""
-    path = Path(run_dir) / filename
-    if not path.exists():
-        return set()
-    with open(path, newline="") as f:
-        return {int(r["epoch"]) for r in csv.DictReader(f) if (r.get("epoch") or "").strip()
-                and (layer is None or r.get("layer") in (None, layer))}
-
-
-def write_unit_ranges(run_dir: str | Path, ranges: UnitRanges, filename: str = RANGES_FILE) -> Path:
-    """Write <run_dir>/unit_ranges.csv (unit, min, max, range), replacing it atomically."""
-    path = Path(run_dir) / filename
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, RANGE_COLUMNS, lineterminator="\n")
-        writer.writeheader()
-        writer.writerows({k: csv_value(v) for k, v in row.items()} for row in ranges.rows())
-    tmp.replace(path)
-    return path
-
-
-def read_results(run_dir: str | Path, layer: str = "hidden") -> list[dict]:
-    """perturbation.csv (of `layer`'s sweeps: see layer_files) as a list of dicts of strings (empty when the
-    run has none).
-
-    Example:
-        >>> [r for r in read_results(run_dir) if r["kind"] == "baseline"]    # doctest: +SKIP
-        [{'kind': 'baseline', 'magnitude': '', 'split': 'train', 'unit': 'all', 'accuracy': '0.99'}]
-    """
-    path = Path(run_dir) / layer_files(layer)[0]
-    if not path.exists():
-        return []
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
+    where = locate(net, cfg.get("layer") or "hidden", net.site)
+    sweeps, ranges = site_sweeps(net, where, lambda split: [data.split(split)], sweep_splits(cfg), cfg.get("unit"),
+                                 cfg.get("chunk_rows") or DEFAULT_CHUNK_ROWS)
+    return sweep_rows(sweeps, points, ranges, cfg.get("unit"), epoch, log, label), ranges

@@ -113,12 +113,7 @@ def sweep_points(cfg, site: str | None = None, hidden: int | None = None) -> dic
                 f" (perturbation={'use' if site == 'pre_activation' else 'learn'}); for {kind!r}, train the "
                 f"model with arch.site={KINDS[kind]}.")
     sweep_splits(cfg)
-    unit = cfg.get("unit")
-    if unit is not None and (isinstance(unit, bool) or not isinstance(unit, int) or unit < 0
-                             or (hidden is not None and unit >= hidden)):
-        top = f"0..{hidden - 1}" if hidden else "a unit index"
-        raise PerturbationError(f"perturbation.unit={unit!r} is not a unit of this layer; accepted: {top}, "
-                                "or null for the whole layer.")
+    check_unit(cfg.get("unit"), hidden)
     one, many = cfg.get("magnitude"), cfg.get("magnitudes")
     if one is not None and many is not None:
         raise PerturbationError(f"both perturbation.magnitude={one} and perturbation.magnitudes={_as_list(many)} "
@@ -140,6 +135,23 @@ def sweep_points(cfg, site: str | None = None, hidden: int | None = None) -> dic
         if not points[kind]:
             raise PerturbationError(f"the grid for {kind!r} is empty; give at least one magnitude.")
     return points
+
+
+def check_unit(unit, n_units: int | None = None, layer: str | None = None) -> None:
+    """`perturbation.unit` checked: null (the whole layer) or a unit index below `n_units` (when known).
+
+    Example:
+        >>> check_unit(3, 2, "hidden")
+        Traceback (most recent call last):
+        ...
+        dmlight.perturbation.formulas.PerturbationError: perturbation.unit=3 is not a unit of 'hidden'; accepted: 0..1, or null for the whole layer.
+    """
+    if unit is None:
+        return
+    if isinstance(unit, bool) or not isinstance(unit, int) or unit < 0 or (n_units is not None and unit >= n_units):
+        top = f"0..{n_units - 1}" if n_units else "a unit index"
+        raise PerturbationError(f"perturbation.unit={unit!r} is not a unit of {'this layer' if layer is None else repr(layer)}"
+                                f"; accepted: {top}, or null for the whole layer.")
 
 
 def sweep_splits(cfg) -> list[str]:

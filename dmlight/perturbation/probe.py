@@ -32,15 +32,14 @@ from pytorch_lightning.utilities.seed import isolate_rng
 from torch import nn
 
 from dmlight.tracking.loggers import member_loggers
-from dmlight.perturbation.formulas import KINDS, sweep_points, sweep_splits
-from dmlight.runs.layout import read_json, write_json_atomic
+from dmlight.perturbation.formulas import KINDS, check_unit, sweep_points, sweep_splits
+from dmlight.runs.files import read_json, write_json_atomic
 from dmlight.perturbation.site import OWN_OUTPUT, ProbeError, ProbeSite, locate  # noqa: F401  (ProbeError: re-exported)
-from dmlight.perturbation.engine import (DEFAULT_CHUNK_ROWS, HookSweep, SplitSweep, append_results, layer_files,
-                                  recorded_epochs, sweep_rows, write_unit_ranges)
-from dmlight.tracking.wandb_log import log_sweep
+from dmlight.perturbation.engine import DEFAULT_CHUNK_ROWS, site_sweeps, sweep_rows
+from dmlight.runs.files import (PERTURBATION_COLUMNS, PROBE_COLUMNS, append_results, layer_files, recorded_epochs,
+                                write_unit_ranges)
+from dmlight.tracking.wandb_log import log_sweep, sweep_metrics
 
-PROBE_COLUMNS = ("epoch", "layer", "kind", "magnitude", "split", "unit", "accuracy")
-FAST_PATH_BYTES = 1 << 30  # SplitSweep keeps a split's layer output; above this the hooks recompute it
 
 
 def _config(perturbation) -> DictConfig:
@@ -76,17 +75,6 @@ def during_points(cfg) -> dict[str, list[float]]:
     grids = {**OmegaConf.to_container(OmegaConf.create(cfg.get("grids") or {}), resolve=True),
              **OmegaConf.to_container(OmegaConf.create(during), resolve=True)}
     return sweep_points({**{k: cfg.get(k) for k in ("kinds", "splits", "unit")}, "grids": grids})
-
-
-def sweep_metrics(rows: list[dict], prefix: str) -> dict[str, float]:
-    """A sweep's rows as logger metrics: <prefix>/<split>/baseline and <prefix>/<split>/<kind>/<magnitude>.
-
-    Example:
-        >>> sweep_metrics([{"split": "train", "kind": "offset", "magnitude": -0.1, "accuracy": 0.5}], "probe/fc")
-        {'probe/fc/train/offset/-0.1': 0.5}
-    """
-    return {f"{prefix}/{r['split']}/" + ("baseline" if r["kind"] == "baseline" else f"{r['kind']}/{r['magnitude']:g}"):
-            r["accuracy"] for r in rows}
 
 
 def during_line(rows: list[dict], layer: str, label: str, epoch: int, seconds: float) -> str:
@@ -257,27 +245,11 @@ class DistanceProbe(pl.Callback):
     def _sweeps(self, trainer, pl_module, model, directory: Path):
         train = self.batches(trainer, pl_module, "train")
         where = self.locate(model, train[0][0][:2] if train else None)
-        parts = where.split(model)
-        if parts is not None and train:
-            with torch.inference_mode():
-                out = parts[0](train[0][0][:1])
-            if out.element_size() * out.numel() * sum(len(y) for _, y in train) > FAST_PATH_BYTES:
-                parts = None
-
-        def one(batches):
-            if parts is not None:
-                x, y = torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches])
-                return SplitSweep(parts[0], parts[1], x, y, parts[2], self.chunk_rows, unit_dim=where.unit_dim,
-                                  layer=self.layer)
-            return HookSweep(model, model.get_submodule(where.target), batches, where.ranges_module(model),
-                             unit_dim=where.unit_dim, layer=self.layer)
-
-        first = one(train)
-        ranges = first.unit_ranges()
-        where.check_unit(self.cfg.get("unit"), len(ranges.min))
+        batches = {"train": train}
+        sweeps, ranges = site_sweeps(
+            model, where, lambda split: batches.get(split) or self.batches(trainer, pl_module, split),
+            sweep_splits(self.cfg), self.cfg.get("unit"), self.chunk_rows)
         self.note_site(directory, where, len(ranges.min))
-        sweeps = {split: first if split == "train" else one(self.batches(trainer, pl_module, split))
-                  for split in sweep_splits(self.cfg)}
         return sweeps, ranges
 
     # -- Lightning hooks
@@ -315,7 +287,7 @@ class PerturbationSweep(DistanceProbe):
     run fails when training starts, not after it; `perturbation=none` (no kinds) sweeps nothing.
     """
 
-    columns = ("epoch", "kind", "magnitude", "split", "unit", "accuracy")
+    columns = PERTURBATION_COLUMNS
 
     def __init__(self, run_dirs: str | Path | list, cfg):
         self.run_dirs = [Path(run_dirs)] if isinstance(run_dirs, (str, Path)) else [Path(d) for d in run_dirs]
@@ -338,8 +310,7 @@ class PerturbationSweep(DistanceProbe):
                 where = locate(net, self.layer, self.site)
             except ProbeError as e:  # in the config's words: the key is perturbation.layer
                 raise ProbeError(f"perturbation.layer={self.layer} ({net.name}): {e}") from None
-            if where.n_units is not None and self.cfg.get("unit") is not None:
-                where.check_unit(self.cfg.get("unit"), where.n_units)
+            check_unit(self.cfg.get("unit"), where.n_units, self.layer)
 
     def targets(self, trainer, pl_module, final: bool):
         members = pl_module.members()

@@ -12,7 +12,6 @@ from torch import nn
 
 from dmlight.errors import UserError
 from dmlight.models.layers import Abs
-from dmlight.perturbation.formulas import PerturbationError
 
 
 class ProbeError(UserError, ValueError):
@@ -124,10 +123,6 @@ class ProbeSite:
             return model.get_submodule(self.activation)
         return self.activation_fn
 
-    def check_unit(self, unit, n: int) -> None:
-        if unit is not None and not 0 <= unit < n:
-            raise PerturbationError(f"perturbation.unit={unit!r} is not a unit of {self.layer!r}; accepted: "
-                                    f"0..{n - 1}, or null for the whole layer.")
 
 
 def locate(model: nn.Module, layer: str, site: str = "pre_activation", activation: str | None = None,

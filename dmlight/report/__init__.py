@@ -35,7 +35,7 @@ column holds one): every table, figure and claim of the trained network reads ea
 epoch); the sweeps made during training (perturbation.every_n_epochs) feed emergence.py only.
 
 One module per job:
-    load.py        find run folders and read them (through dmlight.runs.layout)
+    load.py        find run folders and read them (through dmlight.runs.files)
     groups.py      the papers' order, each model's home experiment, diverged counts, warnings
     tables.py      the tables, published numbers beside ours (dmlight/published.py)
     thresholds.py  the scorecard's thresholds, each with its value and why, stated once

@@ -1,7 +1,8 @@
 """Find run folders and read them into frames: complete runs, their curves, sweeps and unit counts; diverged and
-incomplete runs apart. What a run folder holds, and what its summary's status means, is dmlight.runs.layout's."""
+incomplete runs apart. What a run folder holds, and what its summary's status means, is dmlight.runs.files'."""
 from __future__ import annotations
 
+import csv
 import json
 import math
 import os
@@ -14,7 +15,7 @@ import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from dmlight.runs import layout as rundir
+from dmlight.runs import files as runfiles
 
 
 def log(msg: str) -> None:
@@ -36,7 +37,7 @@ INCOMPLETE_COLUMNS = ["path", "reason", "experiment", "seed", "arch", "activatio
 DIVERGED_COLUMNS = ["path", "experiment", "model", "seed", "diverged_epoch", "diverged_loss", "variant", "lr", "hidden",
                     "data", "preprocess", "epochs", "arch", "activation", "head_bias", "site"]
 KEY_COLUMNS = ["run", "experiment", "model"]
-METRICS_COLUMNS = list(rundir.METRICS_COLUMNS)
+METRICS_COLUMNS = list(runfiles.METRICS_COLUMNS)
 PERTURBATION_COLUMNS = KEY_COLUMNS + ["site", "kind", "magnitude", "split", "unit", "accuracy"]
 SWEEP_COLUMNS = KEY_COLUMNS + ["site", "epoch", "kind", "magnitude", "split", "unit", "accuracy"]
 
@@ -59,7 +60,7 @@ class Runs:
 
 
 def find_run_dirs(dirs, skip=()) -> list[Path]:
-    """Run folders under `dirs`: those holding one of rundir.RUN_FILES (config.yaml, summary.json, metrics.csv).
+    """Run folders under `dirs`: those holding one of runfiles.RUN_FILES (config.yaml, summary.json, metrics.csv).
 
     Not searched: hidden folders (.hydra), `wandb` folders, folders in `skip`, and folders inside a
     run folder (its checkpoints/, lightning_logs/). A folder with only config.yaml that has runs
@@ -78,22 +79,22 @@ def find_run_dirs(dirs, skip=()) -> list[Path]:
             root = Path(root)
             subdirs[:] = sorted(s for s in subdirs if not s.startswith(".") and s != "wandb"
                                 and (root / s).resolve() not in skip)
-            present = set(files) & set(rundir.RUN_FILES)
+            present = set(files) & set(runfiles.RUN_FILES)
             if present:
                 found.append(root)
-                if present != {rundir.CONFIG_FILE}:
+                if present != {runfiles.CONFIG_FILE}:
                     subdirs[:] = []  # what lies below a run belongs to it
     found = sorted(set(found))
     # A config-only folder with runs below it is a container, not a run.
-    return [p for p in found if not ((p / rundir.CONFIG_FILE).exists() and not rundir.summary_path(p).exists()
-                                     and not rundir.metrics_path(p).exists()
+    return [p for p in found if not ((p / runfiles.CONFIG_FILE).exists() and not runfiles.summary_path(p).exists()
+                                     and not runfiles.metrics_path(p).exists()
                                      and any(q != p and p in q.parents for q in found))]
 
 
 def _config_identity(path: Path) -> dict:
     """experiment, seed, arch, activation (as text) from a run's config.yaml, for an incomplete run's row."""
     try:
-        cfg = rundir.read_config(path)
+        cfg = runfiles.read_config(path)
     except (OSError, ValueError, yaml.YAMLError, OmegaConfBaseException):  # half-written: the row lacks them
         return {}
     if not OmegaConf.is_dict(cfg):
@@ -108,10 +109,10 @@ def _config_identity(path: Path) -> dict:
 
 
 def read_metrics(path: Path) -> pd.DataFrame:
-    """A run's metrics.csv as numbers (rundir.METRICS_COLUMNS; unreadable cells NaN, rows without an epoch dropped)."""
+    """A run's metrics.csv as numbers (runfiles.METRICS_COLUMNS; unreadable cells NaN, rows without an epoch dropped)."""
     try:
-        df = pd.read_csv(rundir.metrics_path(path))
-    except (OSError, pd.errors.EmptyDataError, pd.errors.ParserError):
+        df = pd.DataFrame(runfiles.read_metrics(path))
+    except (OSError, UnicodeDecodeError, csv.Error):
         return pd.DataFrame(columns=METRICS_COLUMNS)
     for c in METRICS_COLUMNS:
         df[c] = pd.to_numeric(df[c], errors="coerce") if c in df else np.nan
@@ -122,17 +123,19 @@ def read_perturbation(path: Path) -> pd.DataFrame:
     """A run's perturbation.csv, every sweep in it: `epoch` is the number of training epochs completed when the sweep
     ran (0 = before training; NaN in files older than the column, which hold one sweep, the final one). A point
     appended more than once at the same epoch (a rerun of the sweep) counts once, the last time."""
-    return read_sweep_file(rundir.perturbation_path(path))
+    return read_sweep_file(runfiles.perturbation_path(path))
 
 
 def read_sweep_file(file: Path, keys: tuple[str, ...] = ()) -> pd.DataFrame:
     """Sweep rows (perturbation.csv, or a DistanceProbe's probe.csv, whose `keys` add "layer") as numbers; a point
     appended more than once at the same epoch counts once, the last time."""
-    df = pd.read_csv(file, dtype={"kind": str, "split": str, "unit": str, **{k: str for k in keys}})
+    df = pd.DataFrame(runfiles.read_rows(file))
+    if df.empty:
+        raise ValueError(f"{file} holds no rows")
     df["epoch"] = pd.to_numeric(df["epoch"], errors="coerce") if "epoch" in df else math.nan
     df["magnitude"] = pd.to_numeric(df["magnitude"], errors="coerce").round(12)  # float grids: key on 12 decimals
     df["accuracy"] = pd.to_numeric(df["accuracy"], errors="coerce")
-    df["unit"] = df["unit"].fillna("all").astype(str).str.strip()
+    df["unit"] = df["unit"].fillna("").astype(str).str.strip().replace("", "all")
     return df.drop_duplicates([*keys, "epoch", "kind", "magnitude", "split", "unit"], keep="last")
 
 
@@ -148,7 +151,7 @@ def final_sweep(sweeps: pd.DataFrame) -> pd.DataFrame:
 
 def _failure(path: Path) -> str:
     try:
-        info = rundir.read_json(rundir.failed_path(path))
+        info = runfiles.read_json(runfiles.failed_path(path))
         parts = [str(info[k]) for k in ("error", "reason", "message") if info.get(k)]
         return ": ".join(parts) or json.dumps(info)
     except (OSError, ValueError, AttributeError):
@@ -156,19 +159,19 @@ def _failure(path: Path) -> str:
 
 
 def _incomplete_reason(path: Path) -> tuple[str | None, dict | None]:
-    """(why the run does not count, or None; its summary when it counts: a finished status, rundir.FINISHED)."""
-    summary_name = rundir.SUMMARY_FILE
-    if not rundir.summary_path(path).exists():
-        if rundir.failed_path(path).exists():
+    """(why the run does not count, or None; its summary when it counts: a finished status, runfiles.FINISHED)."""
+    summary_name = runfiles.SUMMARY_FILE
+    if not runfiles.summary_path(path).exists():
+        if runfiles.failed_path(path).exists():
             return f"failed: {str(_failure(path))[:200]}", None
         return f"no {summary_name} (still running, crashed or failed)", None
     try:
-        summary = rundir.read_json(rundir.summary_path(path))
+        summary = runfiles.read_json(runfiles.summary_path(path))
     except (OSError, ValueError) as e:
         return f"{summary_name} unreadable ({e.__class__.__name__})", None
-    if not isinstance(summary, dict) or summary.get("status") not in rundir.FINISHED:
+    if not isinstance(summary, dict) or summary.get("status") not in runfiles.FINISHED:
         status = summary.get("status") if isinstance(summary, dict) else None
-        return f"{summary_name} status is {status!r}, not " + " or ".join(map(repr, rundir.FINISHED)), None
+        return f"{summary_name} status is {status!r}, not " + " or ".join(map(repr, runfiles.FINISHED)), None
     return None, summary
 
 
@@ -192,7 +195,7 @@ def _divergence(s: dict, path: Path) -> tuple[float, str]:
     except (KeyError, TypeError, ValueError):
         epoch = math.nan
     loss = str(s.get("diverged_loss") or "").strip().lower()
-    if (math.isnan(epoch) or not loss) and rundir.metrics_path(path).exists():
+    if (math.isnan(epoch) or not loss) and runfiles.metrics_path(path).exists():
         m = read_metrics(path)
         bad = m[~np.isfinite(m.train_loss.to_numpy(dtype=float))]
         if len(bad):
@@ -202,7 +205,7 @@ def _divergence(s: dict, path: Path) -> tuple[float, str]:
 
 
 def _incomplete_row(path: Path, why: str) -> dict:
-    m = read_metrics(path) if rundir.metrics_path(path).exists() else None
+    m = read_metrics(path) if runfiles.metrics_path(path).exists() else None
     return {"path": str(path), "reason": why, **_config_identity(path),
             "epochs_logged": int(m.epoch.max()) if m is not None and len(m) else 0,
             "last_train_acc_pct": pct(float(m.train_acc.iloc[-1])) if m is not None and len(m) else math.nan}
@@ -228,7 +231,7 @@ def load_runs(dirs, skip=()) -> Runs:
             incomplete.append(_incomplete_row(path, why))
             continue
         model = s.get("model_name") or f"{s.get('arch', '?')}/{s.get('activation', '?')}"
-        if s["status"] == rundir.DIVERGED:  # a finished result without accuracies: listed and counted, in no mean
+        if s["status"] == runfiles.DIVERGED:  # a finished result without accuracies: listed and counted, in no mean
             epoch, loss = _divergence(s, path)
             diverged.append({"path": str(path), "experiment": str(s.get("experiment", "?")), "model": model,
                              "diverged_epoch": epoch, "diverged_loss": loss, **_identity(s)})
@@ -240,13 +243,13 @@ def load_runs(dirs, skip=()) -> Runs:
                             for k in ("train_loss", "train_acc", "test_acc", "wall_time_s")},
                          **{k: "" if (s.get("provenance") or {}).get(k) is None else str(s["provenance"][k])
                             for k in PROVENANCE_COLUMNS}})
-        if rundir.metrics_path(path).exists():
+        if runfiles.metrics_path(path).exists():
             metrics.append(read_metrics(path).assign(**key))
-        if rundir.perturbation_path(path).exists():
+        if runfiles.perturbation_path(path).exists():
             try:
                 every = read_perturbation(path).assign(site=run_rows[-1]["site"], **key)
-            except (OSError, KeyError, ValueError, pd.errors.EmptyDataError, pd.errors.ParserError) as e:
-                log(f"warning: {rundir.perturbation_path(path)} unreadable ({e}); its sweep is left out")
+            except (OSError, KeyError, ValueError, UnicodeDecodeError, csv.Error) as e:
+                log(f"warning: {runfiles.perturbation_path(path)} unreadable ({e}); its sweep is left out")
             else:
                 perts.append(final_sweep(every))
                 if every.epoch.nunique() > 1:

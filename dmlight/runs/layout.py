@@ -11,31 +11,20 @@ An ensemble (`seeds=[...]`) runs in `.../<model>[/<variant>]/ensemble-seeds<firs
 and puts each member where its solo run lives, beside it (`.../seed<s>`). Given a directory of your
 own (`hydra.run.dir=D`, or `train(cfg, D)`), an ensemble puts its members inside it, in `D/seed<s>`.
 
-A run directory holds
-    config.yaml          the resolved config (written first)
-    metrics.csv          epoch, train_loss, train_acc, test_acc (appended as training goes)
-    checkpoints/last.ckpt  the latest checkpoint (every `run.checkpoint_every` epochs, and the final one)
-    perturbation.csv     the perturbation sweep, when one ran (perturbation_<layer>.csv: one of another
-                         layer than `hidden`, see dmlight.perturbation.engine.layer_files)
-    summary.json         written last and atomically when the run finished: status "complete", or
-                         "diverged" (its loss became non-finite; see dmlight.train)
-    failed.json          why the last attempt failed, when it did (removed on success)
-Train, perturb, the sweep report and the report all read them through this module.
+What a run directory holds, file by file, is dmlight.runs.files'; this module decides where it is, whose
+it is (claim_run_dir: a directory holds one config's run) and who writes it now (RunLock).
 """
 from __future__ import annotations
 
-import csv
 import fcntl
 import hashlib
-import json
-import math
 import os
-import time
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
 from dmlight.errors import UserError
+from dmlight.runs.files import CONFIG_FILE
 
 # Overrides the path spells out already (or that pick the path itself).
 IN_PATH = {"experiment", "experiment_name", "data", "data.name", "data.preprocess", "arch", "arch.name",
@@ -121,14 +110,6 @@ def member_dirs(job_dir: str | Path, seeds) -> dict[int, Path]:
     return {s: home / seed_dir_name(s) for s in seeds}
 
 
-# The files of a run directory (see above), and the statuses its summary.json may say.
-CONFIG_FILE, METRICS_FILE, SUMMARY_FILE = "config.yaml", "metrics.csv", "summary.json"
-PERTURBATION_FILE, FAILED_FILE, RANGES_FILE = "perturbation.csv", "failed.json", "unit_ranges.csv"
-WANDB_STATE_FILE = "wandb_run.json"  # the run's W&B id and last logged step (dmlight.tracking.wandb_logger)
-RUN_FILES = (CONFIG_FILE, SUMMARY_FILE, METRICS_FILE)  # a folder holding one of these is a run (or a sweep root)
-COMPLETE, DIVERGED = "complete", "diverged"
-FINISHED = (COMPLETE, DIVERGED)  # the statuses of a finished run (one with a summary)
-METRICS_COLUMNS = ("epoch", "train_loss", "train_acc", "test_acc")
 # Config keys that decide a run's numbers; two configs that agree on these are the same run.
 IDENTITY_KEYS = ("experiment_name", "seed", "data.name", "data.preprocess", "data.batch_size",
                  "data.shuffle_seed", "data.n_train", "data.n_test", "arch", "activation", "optimizer",
@@ -145,21 +126,6 @@ class RunDirBusy(UserError, RuntimeError):
 
 
 
-def write_json_atomic(path: Path, obj) -> None:
-    """Write JSON so that a reader sees the old file or the whole new one, never half."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def read_json(path: Path) -> dict | None:
-    try:
-        return json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        return None
 
 
 def identity(cfg: DictConfig) -> dict:
@@ -202,12 +168,6 @@ def claim_run_dir(run_dir: Path, cfg: DictConfig) -> None:
     OmegaConf.save(cfg, saved, resolve=True)
 
 
-def record_failure(run_dir: Path, error: BaseException) -> None:
-    """failed.json: why this attempt failed (a rerun resumes; success removes the file)."""
-    if Path(run_dir).is_dir():
-        write_json_atomic(Path(run_dir) / FAILED_FILE, {
-            "error": type(error).__name__, "message": str(error), "time": time.time()})
-
 
 class RunLock:
     """An exclusive lock on a run directory for as long as a job writes it.
@@ -242,97 +202,3 @@ class RunLock:
     def __exit__(self, *exc) -> None:
         fcntl.flock(self.file, fcntl.LOCK_UN)
         self.file.close()
-
-
-def summary_path(run_dir: Path) -> Path:
-    return Path(run_dir) / SUMMARY_FILE
-
-
-def metrics_path(run_dir: Path) -> Path:
-    return Path(run_dir) / METRICS_FILE
-
-
-def perturbation_path(run_dir: Path) -> Path:
-    return Path(run_dir) / PERTURBATION_FILE
-
-
-def failed_path(run_dir: Path) -> Path:
-    return Path(run_dir) / FAILED_FILE
-
-
-def read_config(run_dir: Path) -> DictConfig | None:
-    """The run's resolved config.yaml, or None when there is none."""
-    path = Path(run_dir) / CONFIG_FILE
-    return OmegaConf.load(path) if path.is_file() else None
-
-
-def status(run_dir: Path) -> str | None:
-    """The summary's status ("complete" or "diverged"), or None while the run has no summary."""
-    s = read_json(summary_path(run_dir))
-    return s.get("status") if isinstance(s, dict) else None
-
-
-def reset_run(run_dir: Path) -> None:
-    """Remove what training wrote (summary, metrics, checkpoints), keeping config.yaml: a retry starts afresh."""
-    run_dir = Path(run_dir)
-    for name in (SUMMARY_FILE, METRICS_FILE, PERTURBATION_FILE, RANGES_FILE, FAILED_FILE, WANDB_STATE_FILE):
-        (run_dir / name).unlink(missing_ok=True)
-    for other_layer in (*run_dir.glob("perturbation_*.csv"), *run_dir.glob("unit_ranges_*.csv")):
-        other_layer.unlink()
-    for ckpt in (run_dir / "checkpoints").glob("*.ckpt"):
-        ckpt.unlink()
-
-
-def last_checkpoint_path(run_dir: Path) -> Path:
-    return Path(run_dir) / "checkpoints" / "last.ckpt"
-
-
-def last_checkpoint(run_dir: Path) -> Path | None:
-    """The run's latest checkpoint, if it has one."""
-    p = last_checkpoint_path(run_dir)
-    return p if p.exists() else None
-
-
-def csv_value(value) -> str:
-    """How every run file (metrics.csv, perturbation.csv, unit_ranges.csv) writes a value: a float exactly (its
-    repr reads back to the same bits), None or NaN as an empty cell.
-
-    Example:
-        >>> [csv_value(v) for v in (0.1, float("nan"), None, 3, "offset")]
-        ['0.1', '', '', '3', 'offset']
-    """
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return ""
-    return repr(float(value)) if isinstance(value, float) else str(value)
-
-
-def append_metrics(run_dir: Path, first_epoch: int, rows) -> None:
-    """Append (train_loss, train_acc, test_acc) rows for epochs first_epoch, first_epoch + 1, ... to metrics.csv
-    (its header first when the file is new); a NaN test accuracy (not evaluated that epoch) is an empty cell."""
-    path = metrics_path(run_dir)
-    new_file = not path.exists() or path.stat().st_size == 0
-    with open(path, "a", newline="") as f:
-        w = csv.writer(f)
-        if new_file:
-            w.writerow(METRICS_COLUMNS)
-        w.writerows([epoch, *map(csv_value, row)] for epoch, row in enumerate(rows, start=first_epoch))
-
-
-def read_metrics(run_dir: Path) -> list[dict]:
-    path = metrics_path(run_dir)
-    if not path.exists():
-        return []
-    with open(path) as f:
-        return list(csv.DictReader(f))
-
-
-def truncate_metrics(run_dir: Path, last_epoch: int) -> None:
-    """Keep metrics.csv rows up to `last_epoch` (the checkpoint a resumed run starts from)."""
-    rows = [r for r in read_metrics(run_dir) if int(r["epoch"]) <= last_epoch]
-    path = metrics_path(run_dir)
-    tmp = path.with_name(METRICS_FILE + ".tmp")
-    with open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, METRICS_COLUMNS)
-        w.writeheader()
-        w.writerows(rows)
-    os.replace(tmp, path)

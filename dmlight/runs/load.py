@@ -8,7 +8,7 @@ from omegaconf import DictConfig
 
 from dmlight.errors import UserError
 from dmlight.targets import target_of
-from dmlight.runs.layout import last_checkpoint, read_config, read_json, summary_path
+from dmlight.runs.files import last_checkpoint, read_config, read_json, summary_path
 
 
 class RunDirError(UserError, FileNotFoundError):

@@ -44,6 +44,28 @@ def accuracy_key(kind: str, split: str) -> str:
     return f"perturbation/{kind}/{split}"
 
 
+def baseline_key(split: str) -> str:
+    """The unperturbed accuracy of a run's final sweep on `split`, e.g. 'perturbation/baseline_train'."""
+    return f"perturbation/baseline_{split}"
+
+
+def rows_key(label: str) -> str:
+    """The W&B table of one kind's (or one unit's kind's) sweep rows, e.g. 'perturbation/offset_rows'."""
+    return f"perturbation/{label}_rows"
+
+
+def sweep_metrics(rows: list[dict], prefix: str) -> dict[str, float]:
+    """A sweep's rows as scalar metrics, for sweeps during training and any logger: <prefix>/<split>/baseline
+    and <prefix>/<split>/<kind>/<magnitude> (DistanceProbe's prefix: probe/<layer>; dmlight's: perturbation_during).
+
+    Example:
+        >>> sweep_metrics([{"split": "train", "kind": "offset", "magnitude": -0.1, "accuracy": 0.5}], "probe/fc")
+        {'probe/fc/train/offset/-0.1': 0.5}
+    """
+    return {f"{prefix}/{r['split']}/" + ("baseline" if r["kind"] == "baseline" else f"{r['kind']}/{r['magnitude']:g}"):
+            r["accuracy"] for r in rows}
+
+
 def table_key(name: str) -> str:
     """Where the report run logs its table `name` (tables/<name>.csv, or 'scorecard')."""
     return f"table/{name}"
@@ -100,7 +122,7 @@ def log_sweep(loggers, rows: list[dict]) -> None:
     kinds = list(dict.fromkeys(_label(r) for r in rows if r["kind"] != "baseline"))
     splits = list(dict.fromkeys(r["split"] for r in rows if r["kind"] != "baseline"))
     columns = ["kind", "magnitude", "split", "unit", "accuracy"]
-    extra = {f"perturbation/baseline_{r['split']}": r["accuracy"] for r in rows if r["kind"] == "baseline"}
+    extra = {baseline_key(r["split"]): r["accuracy"] for r in rows if r["kind"] == "baseline"}
     for run in runs:
         for kind in kinds:
             # summary "none": the last magnitude's accuracy would be a meaningless number in the runs table
@@ -109,7 +131,7 @@ def log_sweep(loggers, rows: list[dict]) -> None:
                 run.define_metric(accuracy_key(kind, split), step_metric=magnitude_key(kind), summary="none")
         for point in history:
             run.log(point)
-        tables = {f"perturbation/{kind}_rows": wandb.Table(
+        tables = {rows_key(kind): wandb.Table(
             columns=columns, data=[[r[c] for c in columns] for r in rows if r["kind"] != "baseline"
                                    and _label(r) == kind]) for kind in kinds}
         run.log({**extra, **tables})

@@ -21,7 +21,7 @@ from pathlib import Path
 from pytorch_lightning.loggers import WandbLogger
 from pytorch_lightning.utilities import rank_zero_only
 
-from dmlight.runs.layout import WANDB_STATE_FILE, read_json, read_metrics, write_json_atomic
+from dmlight.runs.files import WANDB_STATE_FILE, read_json, read_metrics, write_json_atomic
 from dmlight.tracking.wandb_log import STEP, learning_curves
 
 ID_CHARS = string.ascii_lowercase + string.digits

@@ -10,7 +10,7 @@ import torch
 from dmlight.errors import NonFiniteLoss
 from dmlight.tracking.loggers import member_loggers
 from dmlight.training.progress import format_rate, format_seconds
-from dmlight.runs.layout import append_metrics, last_checkpoint_path
+from dmlight.runs.files import append_metrics, last_checkpoint_path
 from dmlight.tracking.wandb_log import learning_curves
 
 

@@ -5,7 +5,7 @@ An ensemble's Lightning checkpoint holds stacked parameters and optimizer state;
 writes it as one file per member, each exactly what that member's solo run would write (keys
 `net.<param>`), so a solo rerun, `load_run` or a resumed ensemble reads it as its own. Loading
 joins the members' files again. `trainer.save_checkpoint(...)` and `trainer.fit(ckpt_path=...)`
-work as Lightning users know them; the path names the first member's file.
+work as Lightning users know them: the path names the first member's file (`member_paths` the others').
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from pytorch_lightning.plugins import TorchCheckpointIO
 
-from dmlight.runs.layout import last_checkpoint_path, status
+from dmlight.runs.files import last_checkpoint_path, status
 
 
 class MemberCheckpoints(TorchCheckpointIO):
@@ -30,12 +30,34 @@ class MemberCheckpoints(TorchCheckpointIO):
     def __init__(self, run_dirs: list[Path]):
         self.run_dirs = [Path(d) for d in run_dirs]
 
+    def member_paths(self, path=None) -> list[Path]:
+        """Where each member's file goes for the `path` Lightning passes: each run's checkpoints/last.ckpt when
+        none; `path` itself for the first member, and for the others the same place relative to their own run
+        directory (when `path` lies in the first one's) or `<stem>.member<k><suffix>` beside it.
+
+        Example:
+            >>> io = MemberCheckpoints(["r/seed3", "r/seed5"])
+            >>> [p.as_posix() for p in io.member_paths("r/seed3/checkpoints/epoch9.ckpt")]
+            ['r/seed3/checkpoints/epoch9.ckpt', 'r/seed5/checkpoints/epoch9.ckpt']
+            >>> [p.as_posix() for p in io.member_paths("/tmp/x.ckpt")]
+            ['/tmp/x.ckpt', '/tmp/x.member1.ckpt']
+        """
+        if path is None:
+            return [last_checkpoint_path(d) for d in self.run_dirs]
+        path = Path(path)
+        try:
+            inside = path.resolve().relative_to(self.run_dirs[0].resolve())
+        except ValueError:
+            inside = None
+        if inside is not None:
+            return [path] + [d / inside for d in self.run_dirs[1:]]
+        return [path] + [path.with_name(f"{path.stem}.member{k}{path.suffix}") for k in range(1, len(self.run_dirs))]
+
     def save_checkpoint(self, checkpoint: dict, path=None, storage_options=None) -> None:
         parts = [checkpoint] if len(self.run_dirs) == 1 else split_checkpoint(checkpoint, len(self.run_dirs))
-        for run_dir, part in zip(self.run_dirs, parts):
+        for run_dir, part, target in zip(self.run_dirs, parts, self.member_paths(path)):
             if status(run_dir) is not None:
                 continue
-            target = last_checkpoint_path(run_dir)
             target.parent.mkdir(parents=True, exist_ok=True)
             tmp = target.with_name(target.name + ".tmp")
             torch.save(part, tmp)
@@ -43,8 +65,12 @@ class MemberCheckpoints(TorchCheckpointIO):
 
     def load_checkpoint(self, path=None, map_location=None, weights_only=None) -> dict:
         # dmlight.train checked that every member has a file from the same epoch.
-        states = [torch.load(last_checkpoint_path(d), map_location="cpu", weights_only=False) for d in self.run_dirs]
+        states = [torch.load(p, map_location="cpu", weights_only=False) for p in self.member_paths(path)]
         return states[0] if len(states) == 1 else join_checkpoints(states)
+
+    def remove_checkpoint(self, path) -> None:
+        for target in self.member_paths(path):
+            target.unlink(missing_ok=True)
 
 
 def split_checkpoint(ckpt: dict, n_members: int) -> list[dict]:

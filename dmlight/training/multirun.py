@@ -16,7 +16,7 @@ from pathlib import Path
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from dmlight.runs.layout import read_json, write_json_atomic
+from dmlight.runs.files import read_json, write_json_atomic
 
 
 ENV = "DMLIGHT_SWEEP_FAILURES"
