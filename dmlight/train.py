@@ -23,7 +23,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 # torch and Lightning are imported where a run trains, so that --help, --cfg, shell completion
-# and config errors answer at once (tests/test_cli.py checks that they import neither).
+# and config errors answer at once (tests/package/test_cli.py checks that they import neither).
 from dmlight import config as _config  # noqa: F401  (registers the run directory's resolvers)
 from dmlight.errors import ConfigError, NonFiniteLoss, UserError
 from dmlight.models.grid import hidden_setting

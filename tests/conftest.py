@@ -82,13 +82,3 @@ def relu_run(tmp_path_factory):
     cfg = train_cfg("experiment=use_distance_metrics", "perturbation=none", "trainer.max_epochs=300",
                     "run.checkpoint_every=100", "run.log_every=50")
     return run_dir, train(cfg, run_dir)
-
-
-# Fixtures that train a model: every test using one is a real training, marked slow (make test-fast skips it).
-TRAINING_FIXTURES = {"relu_run", "use_run", "learn_run", "ensemble_and_solos", "adam_ensemble", "wandb_runs"}
-
-
-def pytest_collection_modifyitems(items):
-    for item in items:
-        if TRAINING_FIXTURES & set(getattr(item, "fixturenames", ())):
-            item.add_marker(pytest.mark.slow)

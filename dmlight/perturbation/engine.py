@@ -2,7 +2,7 @@
 
 Two engines count a point's correct predictions; both compute, per unit (a Linear's feature, its
 output's last axis; a conv map's channel, axis 1), `clamp(out * scale + offset, lower, upper)` at the probed
-module's output and give the same counts (tests/test_probe.py):
+module's output and give the same counts (tests/perturbation/test_probe.py):
 
 - `SplitSweep`, when the probed module is an entry of an `nn.Sequential` (nested ones are
   flattened), as the papers' networks are: the output there does not depend on the

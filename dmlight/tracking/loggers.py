@@ -32,7 +32,7 @@ def wandb_credentials() -> bool:
     identity-token file (WANDB_IDENTITY_TOKEN_FILE), a netrc entry for the host W&B is set to (WANDB_BASE_URL or
     `wandb login --host`'s settings file), or an API key in its settings. No prompt, no network, nothing written.
 
-    W&B's credential lookup (`wandb.sdk.lib.wbauth`) is not among its documented names, so tests/test_wandb.py
+    W&B's credential lookup (`wandb.sdk.lib.wbauth`) is not among its documented names, so tests/tracking/test_wandb.py
     calls it directly: an upgrade that moves it fails there. Credentials in a form W&B refuses count as found,
     so that W&B's own error tells the user what is wrong with them.
     """

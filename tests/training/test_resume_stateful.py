@@ -1,6 +1,6 @@
 """Resuming with a stateful optimizer (Adam, SGD with momentum) equals never stopping.
 
-Plain SGD keeps no state, so tests/test_survive.py's resume would pass even if the
+Plain SGD keeps no state, so tests/training/test_survive.py's resume would pass even if the
 checkpoint lost the optimizer's state. Adam's moments and SGD's momentum buffer must come
 back too, for a solo run killed with SIGKILL and for a crashed ensemble.
 

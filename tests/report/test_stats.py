@@ -105,7 +105,7 @@ def test_docstring_examples_run():
         assert result.attempted > 0 and result.failed == 0, module.__name__
 
 
-def test_use_table_grids_are_the_published_points(conf=Path(__file__).parent.parent / "conf"):
+def test_use_table_grids_are_the_published_points(conf=Path(__file__).parents[2] / "conf"):
     """perturbation=use_table sweeps the USE table's magnitudes: its YAML either copies published.py's points or
     reads them from published.use_table_grids() through a resolver."""
     grids = published.use_table_grids()

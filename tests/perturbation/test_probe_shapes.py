@@ -14,14 +14,14 @@ from torch import nn
 from dmlight.data.datasets import load_data
 from dmlight.perturbation.formulas import PerturbationError
 from dmlight.perturbation.probe import DistanceProbe, ProbeError
-from tests.test_probe import sample, watch_only
+from tests.perturbation.test_probe import sample, watch_only
 
 SEQ, WIDTH = 7, 112  # a digit as 7 strips of 4 pixel rows: (n, 7, 112)
 OFFSETS = [-0.4, -0.07, 0.03, 0.25]
 
 
 @pytest.fixture(scope="module")
-def digits():
+def digit_rows():
     x, y = sample(*load_data("mnist5k").split("train"), 1200, seed=23)
     return x / 255.0, y
 
@@ -51,7 +51,7 @@ class Encoder(nn.Module):
 
 
 class Between(nn.Module):
-    """Linear -> `middle` -> ReLU -> Linear on flat digits, wired in forward."""
+    """Linear -> `middle` -> ReLU -> Linear on flat digit_rows, wired in forward."""
 
     def __init__(self, middle: nn.Module, functional: bool = False):
         super().__init__()
@@ -68,12 +68,12 @@ def Probe(*args, **kw) -> DistanceProbe:
     return DistanceProbe(*args, model="net", **kw)
 
 
-def trained(net: nn.Module, digits, seed: int) -> nn.Module:
+def trained(net: nn.Module, digit_rows, seed: int) -> nn.Module:
     torch.manual_seed(seed)
     for m in net.modules():
         if hasattr(m, "reset_parameters"):
             m.reset_parameters()
-    x, y = digits
+    x, y = digit_rows
     opt = torch.optim.Adam(net.parameters(), lr=0.01)
     net.train()
     for i in list(range(0, len(y), 200)) * 8:
@@ -83,10 +83,10 @@ def trained(net: nn.Module, digits, seed: int) -> nn.Module:
     return net.eval()
 
 
-def own_offset_accuracies(net, module, after, digits, unit=None) -> tuple[list[float], torch.Tensor, torch.Tensor]:
+def own_offset_accuracies(net, module, after, digit_rows, unit=None) -> tuple[list[float], torch.Tensor, torch.Tensor]:
     """Offset accuracies by a hook of this file: ranges of after(module output) per feature (last axis) over rows
     and positions, in float64; then each offset applied to the features at every position."""
-    x, y = digits
+    x, y = digit_rows
     seen = []
     handle = module.register_forward_hook(lambda m, i, o: seen.append(after(o).double().reshape(-1, o.shape[-1])))
     with torch.no_grad():
@@ -116,14 +116,14 @@ def probe_rows(directory, stem="probe") -> dict:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("unit", [20, None])
-def test_a_linear_over_a_sequence_has_its_features_as_units(digits, tmp_path, unit):
-    net = trained(SeqMLP(), digits, seed=31)
+def test_a_linear_over_a_sequence_has_its_features_as_units(digit_rows, tmp_path, unit):
+    net = trained(SeqMLP(), digit_rows, seed=31)
     probe = Probe("fc1", {"kinds": ["offset"], "grids": {"offset": OFFSETS}, "unit": unit},
-                          data={"train": digits}, dirpath=tmp_path, log=None)
-    watch_only(net, [probe], *digits)
-    want, lo, hi = own_offset_accuracies(net, net.fc1, torch.relu, digits, unit)
+                          data={"train": digit_rows}, dirpath=tmp_path, log=None)
+    watch_only(net, [probe], *digit_rows)
+    want, lo, hi = own_offset_accuracies(net, net.fc1, torch.relu, digit_rows, unit)
     got = probe_rows(tmp_path)
-    n = len(digits[1])
+    n = len(digit_rows[1])
     assert [got[p] for p in OFFSETS] == pytest.approx(want, abs=1.01 / n)  # within one row of float rounding
     assert max(want) - min(want) > 0.05 or unit is not None  # the points differ: no accident matches them all
     with open(tmp_path / "probe_fc1_unit_ranges.csv") as f:
@@ -134,14 +134,14 @@ def test_a_linear_over_a_sequence_has_its_features_as_units(digits, tmp_path, un
 
 
 @pytest.mark.slow
-def test_a_transformer_encoder_layers_linear1_with_its_functional_relu(digits, tmp_path, capsys):
-    net = trained(Encoder(), digits, seed=47)
+def test_a_transformer_encoder_layers_linear1_with_its_functional_relu(digit_rows, tmp_path, capsys):
+    net = trained(Encoder(), digit_rows, seed=47)
     probe = Probe("encoder.linear1", {"kinds": ["offset"], "grids": {"offset": OFFSETS}, "unit": 5},
-                          activation_fn=torch.relu, data={"train": digits}, dirpath=tmp_path)
-    watch_only(net, [probe], *digits)
-    want, _, hi = own_offset_accuracies(net, net.encoder.linear1, torch.relu, digits, unit=5)
+                          activation_fn=torch.relu, data={"train": digit_rows}, dirpath=tmp_path)
+    watch_only(net, [probe], *digit_rows)
+    want, _, hi = own_offset_accuracies(net, net.encoder.linear1, torch.relu, digit_rows, unit=5)
     assert hi[5] > 0
-    assert [probe_rows(tmp_path)[p] for p in OFFSETS] == pytest.approx(want, abs=1.01 / len(digits[1]))
+    assert [probe_rows(tmp_path)[p] for p in OFFSETS] == pytest.approx(want, abs=1.01 / len(digit_rows[1]))
     said = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[probe encoder.linear1]")]
     assert said == ["[probe encoder.linear1] 24 units, its features (the output's last axis); unit ranges measured "
                     "on activation_fn torch.relu; perturbed at 'encoder.linear1' (pre_activation)"]
@@ -157,11 +157,11 @@ def test_a_transformer_encoder_layers_linear1_with_its_functional_relu(digits, t
     (nn.BatchNorm1d(20), False, "the layer's own output"),    # a BatchNorm between: not an activation
     (nn.Dropout(0.3), False, "activation module 'act'"),      # a Dropout between: identity in eval, looked past
 ])
-def test_the_probe_says_what_the_ranges_are_measured_on(digits, tmp_path, capsys, middle, functional, after):
-    net = trained(Between(middle, functional), digits, seed=59)
-    probe = Probe("fc1", {"kinds": ["offset"], "grids": {"offset": OFFSETS}}, data={"train": digits},
+def test_the_probe_says_what_the_ranges_are_measured_on(digit_rows, tmp_path, capsys, middle, functional, after):
+    net = trained(Between(middle, functional), digit_rows, seed=59)
+    probe = Probe("fc1", {"kinds": ["offset"], "grids": {"offset": OFFSETS}}, data={"train": digit_rows},
                           dirpath=tmp_path)
-    watch_only(net, [probe], *digits)
+    watch_only(net, [probe], *digit_rows)
     assert json.loads((tmp_path / "probe_sites.json").read_text())["fc1"]["ranges_after"] == after
     line = next(ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("[probe fc1]"))
     assert f"unit ranges measured on {after}" in line
@@ -169,26 +169,26 @@ def test_the_probe_says_what_the_ranges_are_measured_on(digits, tmp_path, capsys
     # the ranges really are what it says: of the layer's output, or after ReLU
     with open(tmp_path / "probe_fc1_unit_ranges.csv") as f:
         lows = [float(r["min"]) for r in csv.DictReader(f)]
-    x, _ = digits
+    x, _ = digit_rows
     with torch.no_grad():
         out = net.fc1(x)
     reference = out if after.startswith("the layer's") else torch.relu(out)
     assert lows == pytest.approx(reference.min(0).values.tolist(), abs=1e-6)
 
 
-def test_activation_fn_gives_ranges_after_it(digits, tmp_path):
+def test_activation_fn_gives_ranges_after_it(digit_rows, tmp_path):
     net = Between(nn.Identity(), functional=True).eval()
     probe = Probe("fc1", {"kinds": ["offset"], "grids": {"offset": [0.1]}}, activation_fn=torch.relu,
-                          data={"train": digits}, dirpath=tmp_path, log=None)
-    watch_only(net, [probe], *digits)
+                          data={"train": digit_rows}, dirpath=tmp_path, log=None)
+    watch_only(net, [probe], *digit_rows)
     with open(tmp_path / "probe_fc1_unit_ranges.csv") as f:
         lows = [float(r["min"]) for r in csv.DictReader(f)]
     with torch.no_grad():
-        assert lows == pytest.approx(torch.relu(net.fc1(digits[0])).min(0).values.tolist(), abs=1e-6)
+        assert lows == pytest.approx(torch.relu(net.fc1(digit_rows[0])).min(0).values.tolist(), abs=1e-6)
     assert min(lows) >= 0
 
 
-def test_an_unknown_module_with_more_axes_needs_unit_dim(digits, tmp_path):
+def test_an_unknown_module_with_more_axes_needs_unit_dim(digit_rows, tmp_path):
     class Wrap(nn.Module):
         def __init__(self):
             super().__init__()
@@ -201,16 +201,16 @@ def test_an_unknown_module_with_more_axes_needs_unit_dim(digits, tmp_path):
 
     grid = {"kinds": ["offset"], "grids": {"offset": [0.1]}}
     with pytest.raises(PerturbationError, match=r"which axis of 'gate'.s output, shape \(8, 7, 32\).*unit_dim="):
-        watch_only(Wrap().eval(), [Probe("gate", grid, data={"train": (digits[0][:8], digits[1][:8])},
-                                                 dirpath=tmp_path, log=None)], *digits)
-    probe = Probe("gate", {**grid, "unit": 31}, unit_dim=-1, data={"train": digits}, dirpath=tmp_path,
+        watch_only(Wrap().eval(), [Probe("gate", grid, data={"train": (digit_rows[0][:8], digit_rows[1][:8])},
+                                                 dirpath=tmp_path, log=None)], *digit_rows)
+    probe = Probe("gate", {**grid, "unit": 31}, unit_dim=-1, data={"train": digit_rows}, dirpath=tmp_path,
                           log=None)
-    watch_only(Wrap().eval(), [probe], *digits)  # 32 units on the last axis: unit 31 exists
+    watch_only(Wrap().eval(), [probe], *digit_rows)  # 32 units on the last axis: unit 31 exists
     assert len(probe_rows(tmp_path)) == 1
 
 
-def test_activation_fn_is_checked(digits):
+def test_activation_fn_is_checked(digit_rows):
     with pytest.raises(ProbeError, match="activation_fn='relu': pass a callable"):
-        watch_only(SeqMLP().eval(), [Probe("fc1", "use", activation_fn="relu", log=None)], *digits)
+        watch_only(SeqMLP().eval(), [Probe("fc1", "use", activation_fn="relu", log=None)], *digit_rows)
     with pytest.raises(ProbeError, match="make the activation a module"):
-        watch_only(SeqMLP().eval(), [Probe("fc1", "learn", activation_fn=torch.relu, log=None)], *digits)
+        watch_only(SeqMLP().eval(), [Probe("fc1", "learn", activation_fn=torch.relu, log=None)], *digit_rows)

@@ -1,5 +1,5 @@
 """A user's own data set and network by `_target_` (dmlight.targets), in process: what the call gets and
-returns, and the errors for what it cannot use. (tests/test_wheel.py trains one from an installed wheel.)"""
+returns, and the errors for what it cannot use. (tests/package/test_wheel.py trains one from an installed wheel.)"""
 from __future__ import annotations
 
 import sys

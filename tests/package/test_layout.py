@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-PACKAGE = Path(__file__).resolve().parent.parent / "dmlight"
+PACKAGE = Path(__file__).resolve().parents[2] / "dmlight"
 MAX_LINES = 420  # "about 400"
 
 

@@ -75,6 +75,7 @@ def ensemble(wandb_runs):
     return {s: read_run(wandb_runs[0] / "ensemble" / f"seed{s}") for s in SEEDS}
 
 
+@pytest.mark.slow
 def test_config_name_group_tags_and_job_type(solo):
     for seed, w in solo.items():
         run, cfg = w["run"], w["config"]
@@ -87,6 +88,7 @@ def test_config_name_group_tags_and_job_type(solo):
         assert cfg["provenance"]["dmlight"] == "0.1.0"
 
 
+@pytest.mark.slow
 def test_learning_curves_equal_metrics_csv(wandb_runs, solo):
     for seed, w in solo.items():
         by_step = {row[STEP]: row for row in w["history"] if STEP in row and "train/loss" in row}
@@ -100,6 +102,7 @@ def test_learning_curves_equal_metrics_csv(wandb_runs, solo):
         assert w["metrics"]["*"]["step_metric"] == STEP  # the epoch is every learning curve's x axis
 
 
+@pytest.mark.slow
 def test_an_ensemble_of_3_is_3_runs_equal_to_the_solo_runs(wandb_runs, solo, ensemble):
     assert len(list((wandb_runs[0] / "ensemble").glob("**/offline-run-*"))) == 3  # one per seed, none for the ensemble
     for seed in SEEDS:
@@ -113,6 +116,7 @@ def test_an_ensemble_of_3_is_3_runs_equal_to_the_solo_runs(wandb_runs, solo, ens
     assert solo[0]["history"] != solo[1]["history"]
 
 
+@pytest.mark.slow
 def test_perturbation_keys_and_values_equal_perturbation_csv(wandb_runs, solo):
     for seed, w in solo.items():
         rows = csv_rows(wandb_runs[0] / "solo" / f"seed{seed}" / "perturbation.csv")
@@ -134,6 +138,7 @@ def test_perturbation_keys_and_values_equal_perturbation_csv(wandb_runs, solo):
         assert w["summary"]["perturbation/baseline_train"] == float(baseline["accuracy"])
 
 
+@pytest.mark.slow
 def test_the_report_runs_scorecard_table_equals_scorecard_csv(wandb_runs):
     report = wandb_runs[1]
     w = read_run(report)
@@ -146,6 +151,7 @@ def test_the_report_runs_scorecard_table_equals_scorecard_csv(wandb_runs):
     assert {k: w["summary"][k] for k in statuses} == statuses
 
 
+@pytest.mark.slow
 def test_the_dashboard_spec_offline_shows_the_runs_keys(wandb_runs, solo, tmp_path):
     (tmp_path / "netrc").write_text("")
     env = {"HOME": str(tmp_path), "NETRC": str(tmp_path / "netrc"), "WANDB_MODE": ""}
@@ -178,6 +184,7 @@ def test_the_dashboard_spec_offline_shows_the_runs_keys(wandb_runs, solo, tmp_pa
     assert "test/acc" in solo[0]["summary"]
 
 
+@pytest.mark.slow
 def test_make_wandb_sync_finds_every_offline_run(wandb_runs, tmp_path):
     res = subprocess.run(["make", "-s", "wandb-sync", f"RUNS={wandb_runs[0]}", f"PY={sys.executable}", "SYNC_ARGS=--dry-run"],
                          cwd=REPO, capture_output=True, text=True, timeout=120, env={"PATH": "/usr/bin:/bin",
@@ -235,7 +242,7 @@ def test_log_sweep_gives_each_kind_its_magnitude_axis_and_a_table():
 def test_a_diverged_members_run_stops_at_its_divergence_epoch(tmp_path):
     from dmlight.train import train
 
-    # LEARN's ReLU at lr 1000 on the digits: seed 3 overflows at epoch 5, seed 4 trains on (tests/test_diverge.py).
+    # LEARN's ReLU at lr 1000 on the digits: seed 3 overflows at epoch 5, seed 4 trains on (tests/training/test_diverge.py).
     out = train(train_cfg("experiment=learn_distance_metrics", "optimizer.lr=1000", "trainer.max_epochs=12",
                           "run.log_every=4", "logger=wandb", "logger.wandb.mode=offline", "seeds=[3,4]"), tmp_path)
     assert [s["status"] for s in out] == ["diverged", "complete"]

@@ -35,7 +35,7 @@ ACTIVATION = {"relu": torch.relu, "abs": torch.abs}
 
 
 @pytest.fixture(scope="module", params=sorted(ACTIVATION))
-def use_run(request, tmp_path_factory):
+def activation_run(request, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp(f"use_{request.param}")
     cfg = train_cfg("experiment=use_distance_metrics", "data=mnist5k", f"activation={request.param}", "seed=3",
                     "trainer.max_epochs=30", "run.checkpoint_every=30", "run.log_every=10",
@@ -152,8 +152,8 @@ def check_rows(ref: Reference, counts: dict) -> int:
 
 # ---------------------------------------------------------------- the tests
 
-def test_unit_ranges_are_the_training_sets_activation_output_min_and_max(use_run):
-    activation, run_dir = use_run
+def test_unit_ranges_are_the_training_sets_activation_output_min_and_max(activation_run):
+    activation, run_dir = activation_run
     ref = Reference(run_dir, activation)
     lo, hi = ref.ranges("train")
     rows = csv_rows(run_dir / "unit_ranges.csv")
@@ -168,8 +168,8 @@ def test_unit_ranges_are_the_training_sets_activation_output_min_and_max(use_run
     assert not torch.equal(test_hi, hi)  # (ReLU's min is 0 on both)
 
 
-def test_every_row_on_train_and_test_equals_the_papers_formulas_with_training_ranges(use_run):
-    activation, run_dir = use_run
+def test_every_row_on_train_and_test_equals_the_papers_formulas_with_training_ranges(activation_run):
+    activation, run_dir = activation_run
     ref = Reference(run_dir, activation)
     counts = dmlight_counts(run_dir)
     assert set(counts) == expected_keys()
@@ -179,10 +179,10 @@ def test_every_row_on_train_and_test_equals_the_papers_formulas_with_training_ra
         assert len({counts[(k, p, split)] for k in KINDS for p in MAGNITUDES}) > 4
 
 
-def test_the_reference_would_catch_ranges_from_the_test_set_or_from_the_pre_activation(use_run):
+def test_the_reference_would_catch_ranges_from_the_test_set_or_from_the_pre_activation(activation_run):
     """The check above can fail: a sweep that took the test split's own ranges, or the
     pre-activation's (before ReLU/Abs), gives counts outside the reference's bounds."""
-    activation, run_dir = use_run
+    activation, run_dir = activation_run
     ref = Reference(run_dir, activation)
     counts = dmlight_counts(run_dir)
 
@@ -200,14 +200,14 @@ def test_the_reference_would_catch_ranges_from_the_test_set_or_from_the_pre_acti
     assert outside("test", ref.ranges("train", where="pre_activation"))
 
 
-def test_units_that_never_fire_are_left_as_they_are_by_offset(use_run, tmp_path):
+def test_units_that_never_fire_are_left_as_they_are_by_offset(activation_run, tmp_path):
     """Two units made never active (weights and bias 0: output 0 on every input): their max is
     0, where the offset formula divides by 0. Following dmlight's documented rule (s = 1,
     t = 0), the re-run sweep (python -m dmlight.perturb's function) still equals the reference."""
     from dmlight.config import compose_config
     from dmlight.perturb import perturb
 
-    activation, run_dir = use_run
+    activation, run_dir = activation_run
     copy = tmp_path / "run"
     shutil.copytree(run_dir, copy)
     (copy / "perturbation.csv").unlink()

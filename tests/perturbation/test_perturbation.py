@@ -142,6 +142,7 @@ def test_learn_clamps_use_the_layer_range_or_the_units_own():
 
 # ---------------------------------------------------------------- exactness
 
+@pytest.mark.slow
 def test_identity_points_give_exactly_the_unperturbed_accuracy(use_run, learn_run, digits):
     for (run_dir, summary), kinds_at_identity in (
             (use_run, {"scale": [1.0], "offset": [0.0], "clip": [1.0, 1.5, 10.0]}),
@@ -159,6 +160,7 @@ def test_identity_points_give_exactly_the_unperturbed_accuracy(use_run, learn_ru
         assert [float(r["accuracy"]) for r in written] == [baseline / len(digits.y_train)]
 
 
+@pytest.mark.slow
 def test_sweep_engine_equals_a_naive_full_forward_for_every_kind(use_run, learn_run, digits):
     for (run_dir, _), kinds, units in ((use_run, USE, (None, 7)), (learn_run, LEARN, (None, 7))):
         net = loaded(run_dir)
@@ -224,6 +226,7 @@ def test_docstring_examples_run():
 
 # ---------------------------------------------------------------- what the callback wrote
 
+@pytest.mark.slow
 def test_callback_writes_every_point_and_the_unit_ranges(use_run, learn_run, digits):
     run_dir, summary = use_run
     with open(run_dir / "perturbation.csv") as f:
@@ -260,6 +263,7 @@ def test_relu_offset_costs_more_than_any_scale_from_10_to_1000_percent(use_run):
 
 # ---------------------------------------------------------------- python -m dmlight.perturb
 
+@pytest.mark.slow
 def test_perturb_on_a_saved_run_reproduces_the_callback(use_run, tmp_path):
     run_dir, _ = use_run
     copy = tmp_path / "run"
@@ -272,6 +276,7 @@ def test_perturb_on_a_saved_run_reproduces_the_callback(use_run, tmp_path):
     assert (copy / "unit_ranges.csv").read_text() == (run_dir / "unit_ranges.csv").read_text()
 
 
+@pytest.mark.slow
 def test_perturb_multirun_appends_one_row_per_point(use_run, tmp_path):
     run_dir, _ = use_run
     copy = tmp_path / "run"
@@ -290,6 +295,7 @@ def test_perturb_multirun_appends_one_row_per_point(use_run, tmp_path):
     assert [r[5] for r in new[1::2]] == [written["0.05"], written["-0.05"]]
 
 
+@pytest.mark.slow
 def test_a_file_of_an_older_version_keeps_its_columns(use_run, tmp_path):
     """perturbation.csv written before the epoch column: rows appended to it keep its five columns."""
     run_dir, _ = use_run
@@ -304,6 +310,7 @@ def test_a_file_of_an_older_version_keeps_its_columns(use_run, tmp_path):
     assert lines[3].startswith("offset,0.05,train,all,") and len(lines[3].split(",")) == 5
 
 
+@pytest.mark.slow
 def test_perturb_refuses_what_does_not_fit_with_a_clear_message(use_run, learn_run, tmp_path):
     use_dir, learn_dir = use_run[0], learn_run[0]
     use_grid = compose_config(["perturbation=use"]).perturbation

@@ -19,7 +19,7 @@ from dmlight.perturbation.formulas import PerturbationError, UnitRanges, perturb
 from dmlight.train import build_network, train
 from tests.conftest import member_dir
 from tests.conftest import run_module, train_cfg
-from tests.test_cli import HEAVY, imported_modules
+from tests.package.test_cli import HEAVY, imported_modules
 
 MAGNITUDES = [-0.3, 0.05, 0.4, 2.0]  # every USE kind at these points (a few, for a naive reference)
 DEEP_USE = ["experiment=use_distance_metrics", "arch.hidden=[64,32]", "trainer.max_epochs=40",
@@ -221,7 +221,7 @@ def test_dmlight_perturb_probes_hidden2_of_a_saved_run(deep_use_run, tmp_path):
 @pytest.mark.slow
 def test_the_report_reads_a_deeper_run_beside_paper_runs(deep_use_run, tmp_path):
     from dmlight.report import build_report, load_runs
-    from tests.report_fixtures import make_run
+    from tests.report.report_fixtures import make_run
 
     run_dir, summary = deep_use_run
     root = tmp_path / "runs"
