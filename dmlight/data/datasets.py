@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dmlight.errors import ConfigError, UserError
+from dmlight.errors import ConfigError, DataError
 from dmlight.targets import DATA_KEYS, call_target, target_of
 
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
@@ -32,10 +32,6 @@ IDX_FILES = {
     "test_labels": "t10k-labels-idx1-ubyte",
 }
 DEBIAN_FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
-
-
-class DataError(UserError, RuntimeError):
-    """Data that is missing or unreadable; the message says what to do."""
 
 
 @dataclass

@@ -94,11 +94,9 @@ class SplitSweep:
 
     On a CPU the points are shared among single-threaded workers, one per core (up to 8).
     torch's own threads meet at a barrier after every op, so a core taken by another process
-    stalls every op; a worker per core only slows in proportion. Measured on a 2-core machine,
-    USE grid on 60,000 rows, ms per point: one thread 9; torch's 2 threads 4.8 idle but
-    16-560 beside another torch process (a full forward pass: 190-220); 2 workers 5.0 idle,
-    10-12.5 beside it. On a GPU each point runs on the whole split, so the head's matrix
-    product has the shape of a full forward pass (same kernel, same bits).
+    stalls every op; a worker per core only slows in proportion (the figures: docs/benchmarks.md).
+    On a GPU each point runs on the whole split, so the head's matrix product has the shape of a
+    full forward pass (same kernel, same bits).
 
     Example:
         >>> from dmlight.models.networks import build_model

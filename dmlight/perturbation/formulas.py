@@ -34,15 +34,11 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from dmlight.errors import UserError
+from dmlight.errors import PerturbationError
 from dmlight.published import LEARN_KINDS, USE_KINDS
 
 KINDS = {**dict.fromkeys(USE_KINDS, "pre_activation"), **dict.fromkeys(LEARN_KINDS, "post_activation")}  # kind -> site
 SPLITS = ("train", "val", "test")  # dmlight's own data has train and test; a DistanceProbe may have val
-
-
-class PerturbationError(UserError, ValueError):
-    """A perturbation that cannot run as asked; the message says what to change."""
 
 
 # ---------------------------------------------------------------- grids and config
@@ -144,7 +140,7 @@ def check_unit(unit, n_units: int | None = None, layer: str | None = None) -> No
         >>> check_unit(3, 2, "hidden")
         Traceback (most recent call last):
         ...
-        dmlight.perturbation.formulas.PerturbationError: perturbation.unit=3 is not a unit of 'hidden'; accepted: 0..1, or null for the whole layer.
+        dmlight.errors.PerturbationError: perturbation.unit=3 is not a unit of 'hidden'; accepted: 0..1, or null for the whole layer.
     """
     if unit is None:
         return

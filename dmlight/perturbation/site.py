@@ -10,12 +10,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from dmlight.errors import UserError
+from dmlight.errors import ProbeError
 from dmlight.models.layers import Abs
-
-
-class ProbeError(UserError, ValueError):
-    """A probe that cannot run as asked; the message says what to change."""
 
 
 def is_activation(module: nn.Module) -> bool:

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from dmlight.errors import UserError
+from dmlight.errors import RunDirBusy, RunDirConflict
 from dmlight.runs.files import CONFIG_FILE
 
 # Overrides the path spells out already (or that pick the path itself).
@@ -114,18 +114,6 @@ def member_dirs(job_dir: str | Path, seeds) -> dict[int, Path]:
 IDENTITY_KEYS = ("experiment_name", "seed", "data.name", "data.preprocess", "data.batch_size",
                  "data.shuffle_seed", "data.n_train", "data.n_test", "arch", "activation", "optimizer",
                  "trainer.max_epochs")
-
-
-class RunDirConflict(UserError, RuntimeError):
-    """The run directory holds a run made with another config."""
-
-
-class RunDirBusy(UserError, RuntimeError):
-    """Another live process holds the run directory's lock."""
-
-
-
-
 
 
 def identity(cfg: DictConfig) -> dict:

@@ -6,13 +6,9 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
-from dmlight.errors import UserError
+from dmlight.errors import RunDirError
 from dmlight.targets import target_of
 from dmlight.runs.files import last_checkpoint, read_config, read_json, summary_path
-
-
-class RunDirError(UserError, FileNotFoundError):
-    """The directory holds no run that can be loaded; the message says what to do."""
 
 
 class Run:

@@ -305,10 +305,9 @@ class DistanceModule(pl.LightningModule):
 
 def auto_member_group(net: nn.Module, rows: int, device: torch.device, cache_bytes: int = 8 << 20) -> int:
     """Ensemble members per forward/backward pass: all of them on a GPU; on a CPU as many as
-    keep the hidden activations (rows x the hidden layers' widths summed) within ~8 MB. Measured
-    on mnist5k (2 cores, 32 MB L3; one hidden layer): groups of 2-4 train ~8% faster per member
-    than a solo run, all 20 at once ~9% slower (ReLU runs at DRAM speed there). OffsetL2's larger
-    terms live only inside its own cache-sized row blocks (see offset_l2), so they do not count here."""
+    keep the hidden activations (rows x the hidden layers' widths summed) within ~8 MB, the size
+    that trains fastest per member on a CPU (bench/ensemble_speed.py; docs/benchmarks.md). OffsetL2's
+    larger terms live only inside its own cache-sized row blocks (see offset_l2), so they do not count here."""
     if not isinstance(net, Ensemble):
         return 1
     if torch.device(device).type != "cpu":
