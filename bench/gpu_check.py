@@ -398,7 +398,7 @@ def check_perturbation_sweep(ctx: Context):
     import torch.nn.functional as F
 
     from dmlight.data.datasets import load_data_cfg
-    from dmlight.perturbation.engine import run_sweep
+    from dmlight.perturbation.driver import run_sweep
     from dmlight.train import build_network
 
     data = ctx.data("large")

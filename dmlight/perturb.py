@@ -28,7 +28,7 @@ from dmlight.errors import UserError
 from dmlight.perturbation.formulas import PerturbationError, sweep_points
 from dmlight.perturbation.site import ProbeError, locate
 from dmlight.runs.load import RunDirError, load_run
-from dmlight.perturbation.engine import run_sweep
+from dmlight.perturbation.driver import run_sweep, sweep_layers
 from dmlight.runs.files import append_results, layer_files, write_unit_ranges
 
 EXAMPLE = ("python -m dmlight.perturb run_dir=outputs/use_distance_metrics/mnist5k-raw/ReLU_Bias/seed0 "
@@ -47,10 +47,12 @@ def perturb(run_dir: str | Path, cfg, device: str = "auto", log=print) -> list[d
         run = load_run(run_dir)
     except RunDirError as e:
         raise PerturbationError(str(e)) from None
+    layers = ["hidden"]
     try:  # a bad request (a kind, a unit, a layer the network lacks) fails before the data loads
-        layer = cfg.get("layer") or "hidden"
-        where = locate(run.model, layer, run.model.site)
-        sweep_points(cfg, run.model.site, where.n_units)
+        layers = sweep_layers(cfg.get("layer"), run.model)
+        for layer in layers:
+            where = locate(run.model, layer, run.model.site)
+            sweep_points(cfg, run.model.site, where.n_units)
     except (PerturbationError, ProbeError) as e:
         where = f"perturbation.layer={layer}: " if isinstance(e, ProbeError) else ""
         raise PerturbationError(f"run_dir={run_dir} ({run.model.name}): {where}{e}") from None
@@ -60,13 +62,17 @@ def perturb(run_dir: str | Path, cfg, device: str = "auto", log=print) -> list[d
     if log:
         log(f"[perturb] {run.model.name} seed {run.cfg.seed}: {run_dir}")
     epoch = int(run.summary.get("epochs", run.cfg.trainer.max_epochs))  # the trained network's epochs
-    rows, ranges = run_sweep(net, Splits(*run.data(device)), cfg, log=log, epoch=epoch)
-    results, ranges_file = layer_files(layer)
-    write_unit_ranges(run_dir, ranges, ranges_file)
-    append_results(run_dir, rows, results)
-    if log:
-        log(f"[perturb] appended {len(rows)} rows to {run_dir / results}")
-    return rows
+    data, every = Splits(*run.data(device)), []
+    for layer in layers:  # one file per layer (dmlight.runs.files.layer_files)
+        layer_cfg = OmegaConf.merge(cfg, {"layer": layer}) if OmegaConf.is_config(cfg) else {**cfg, "layer": layer}
+        rows, ranges = run_sweep(net, data, layer_cfg, log=log, epoch=epoch, label="" if layer == "hidden" else layer)
+        results, ranges_file = layer_files(layer)
+        write_unit_ranges(run_dir, ranges, ranges_file)
+        append_results(run_dir, rows, results)
+        if log:
+            log(f"[perturb] appended {len(rows)} rows to {run_dir / results}")
+        every += rows
+    return every
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="perturb", version_base="1.3")

@@ -18,6 +18,12 @@ MODEL_ORDER = ("ReLU", "Abs", "ReLU2", "Abs2", "ReLU2-Neg", "Abs2-Neg",
                "ReLU-L2", "ReLU-L2-Neg", "Abs-L2", "Abs-L2-Neg")
 USE_KINDS = ("scale", "clip", "offset")  # before the activation (pre_activation)
 LEARN_KINDS = ("clamp_min", "clamp_max")  # on the activation's output (post_activation)
+# Beyond the papers (the study, docs/study.md): each unit's own scale, an intensity change that a positively
+# homogeneous activation cannot absorb into the next layer (a uniform scale it can). Before the activation.
+STUDY_KINDS = ("unit_scale",)
+# What each kind changes: a unit's intensity (how strongly it fires) or its distance code (where its zero sits).
+KIND_CODE = {"scale": "intensity", "clip": "intensity", "unit_scale": "intensity", "offset": "distance",
+             "clamp_min": "distance", "clamp_max": "intensity"}
 
 # ---- USE: "Neural Networks Use Distance Metrics" (arXiv:2411.17932)
 USE_MODELS = ("ReLU_Bias", "Abs_Bias")

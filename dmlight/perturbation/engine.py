@@ -17,25 +17,22 @@ Two shortcuts of SplitSweep change no count: steps that change no value are skip
 and a clamp at +-inf are x; x + 0 is x but for turning -0 into +0, which compare equal),
 and a point that leaves every value of the split as it was counts as the baseline.
 
-`sweep_rows` gives a sweep's rows; their file (perturbation.csv, perturbation_<layer>.csv for another layer
+dmlight.perturbation.driver runs them (one driver for every caller) and gives a sweep's rows; their file (perturbation.csv, perturbation_<layer>.csv for another layer
 than `hidden`) and unit_ranges.csv are dmlight.runs.files'.
 """
 from __future__ import annotations
 
 import math
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import torch
 from torch import nn
 
 from dmlight.models.layers import Abs
-from dmlight.perturbation.formulas import (PerturbationError, UnitRanges, check_unit, stack_values, sweep_points,
-                                          sweep_splits)
-from dmlight.perturbation.site import ProbeSite, locate
+from dmlight.perturbation.formulas import PerturbationError, UnitRanges
+from dmlight.perturbation.site import locate
 
 DEFAULT_CHUNK_ROWS = 4096
-FAST_PATH_BYTES = 1 << 30  # SplitSweep keeps a split's layer output; above this the hooks recompute it
 MAX_WORKERS = 8  # past a few workers the GIL, held while each op is dispatched, is the limit
 IN_PLACE = {nn.ReLU: torch.relu_, Abs: torch.abs_}  # activations that can run in place
 
@@ -69,6 +66,27 @@ def unit_axis(out: torch.Tensor, dim: int | None, layer: str) -> int:
     raise PerturbationError(f"which axis of {layer!r}'s output, shape {tuple(out.shape)}, holds its units? The probe "
                             "knows a Linear's (its features, the last axis) and a conv's (its channels, axis 1). "
                             "Pass unit_dim=, e.g. unit_dim=-1 for features last or unit_dim=1 for channels.")
+
+
+class ChangeSum:
+    """The size of a point's change, gathered over row blocks: the mean over rows of ||a' - a|| / ||a||, where a
+    and a' are a row's unperturbed and perturbed values of what the unit ranges are measured on (the activation's
+    output at a pre-activation site; the layer's output at a post-activation site), the norm over every axis but
+    the row's. Rows whose ||a|| is 0 have no relative change and are left out (all of them: NaN). Each row's
+    ratio is kept and summed once at the end, so the value does not depend on the blocks (chunk_rows)."""
+
+    def __init__(self):
+        self.ratios: list[torch.Tensor] = []
+
+    def add(self, new: torch.Tensor, old: torch.Tensor) -> None:
+        ref = old.flatten(1).norm(dim=1)
+        keep = ref > 0
+        self.ratios.append(((new - old).flatten(1).norm(dim=1)[keep] / ref[keep]).double().cpu())
+
+    @property
+    def value(self) -> float:
+        every = torch.cat(self.ratios) if self.ratios else torch.zeros(0, dtype=torch.float64)
+        return float(every.mean()) if len(every) else math.nan
 
 
 def check_logits(logits, model: str) -> None:
@@ -125,43 +143,56 @@ class SplitSweep:
         # Applied to a point's own copy of the rows, the activation runs in place (None: the head comes first).
         first = tail[0] if len(tail) else None
         self.activation_, self.after_activation = IN_PLACE.get(type(first)), tail[1:]
-        self.baseline = self._count(None, None, None, None)
+        self.baseline = self._count(None, None, None, None)[0]
 
     @torch.inference_mode()
-    def unit_ranges(self) -> UnitRanges:
-        """Per-unit min/max of what the ranges are measured on (`ranges_of` of the output, or the output)."""
-        return UnitRanges(*unit_min_max(self.h if self.ranges_of is None else self.ranges_of(self.h.clone()), self.dim))
+    def unit_ranges(self, of: str = "activation_output") -> UnitRanges:
+        """Per-unit min/max of what the ranges are measured on: `ranges_of` of the output (the papers' activation
+        output, `of="activation_output"`; the output itself when there is no `ranges_of`), or the output where the
+        perturbation acts (`of="site_output"`)."""
+        own = self.ranges_of is None or of == "site_output"
+        return UnitRanges(*unit_min_max(self.h if own else self.ranges_of(self.h.clone()), self.dim))
 
     def correct(self, scale: torch.Tensor, offset: torch.Tensor, lower: torch.Tensor,
                 upper: torch.Tensor) -> list[int]:
         """Correct predictions per point; each argument is (points, units), as `stack_values` gives."""
+        return [count for count, _ in self._points(scale, offset, lower, upper, False)]
+
+    def measure(self, scale: torch.Tensor, offset: torch.Tensor, lower: torch.Tensor,
+                upper: torch.Tensor) -> tuple[list[int], list[float]]:
+        """Correct predictions and the size of the change (ChangeSum) per point."""
+        out = self._points(scale, offset, lower, upper, True)
+        return [count for count, _ in out], [change for _, change in out]
+
+    def _points(self, scale, offset, lower, upper, change: bool) -> list[tuple[int, float]]:
         points = list(zip(*(t.to(self.h.device, torch.float32) for t in (scale, offset, lower, upper))))
         workers = min(self.workers, len(points))
         if workers <= 1:
-            return [self._point(*p) for p in points]
+            return [self._point(*p, change) for p in points]
         threads = torch.get_num_threads()
         torch.set_num_threads(1)  # the workers' ops (BLAS too) start single-threaded
         try:
             with ThreadPoolExecutor(workers) as pool:
-                return list(pool.map(lambda p: self._point(*p), points))
+                return list(pool.map(lambda p: self._point(*p, change), points))
         finally:
             torch.set_num_threads(threads)
 
-    def _point(self, scale, offset, lower, upper) -> int:
-        """One point's count, without the steps that change no value (see the module docstring)."""
+    def _point(self, scale, offset, lower, upper, change: bool) -> tuple[int, float]:
+        """One point's count (and size of change), without the steps that change no value (module docstring)."""
         scale = per_unit(scale, self.h, self.dim) if bool((scale != 1).any()) else None
         offset = per_unit(offset, self.h, self.dim) if bool((offset != 0).any()) else None
         if scale is None and offset is None and bool((lower <= self.h_min).all()) \
                 and bool((upper >= self.h_max).all()):
-            return self.baseline  # no value of this split moves
+            return self.baseline, 0.0  # no value of this split moves
         lower = per_unit(lower, self.h, self.dim) if bool((lower > -math.inf).any()) else None
         upper = per_unit(upper, self.h, self.dim) if bool((upper < math.inf).any()) else None
-        return self._count(scale, offset, lower, upper)
+        return self._count(scale, offset, lower, upper, change)
 
     @torch.inference_mode()
-    def _count(self, scale, offset, lower, upper) -> int:
-        """Correct predictions of tail(clamp(h * scale + offset, lower, upper)), a step skipped where None."""
-        correct = 0
+    def _count(self, scale, offset, lower, upper, change: bool = False) -> tuple[int, float]:
+        """Correct predictions of tail(clamp(h * scale + offset, lower, upper)), a step skipped where None, and
+        with `change` the size of the change (else NaN)."""
+        correct, size = 0, ChangeSum()
         for start in range(0, len(self.h), self.chunk_rows):
             rows = self.h[start: start + self.chunk_rows]
             z = rows if scale is None else rows * scale
@@ -170,6 +201,9 @@ class SplitSweep:
                 z = z + offset if z is rows else z.add_(offset)
             if lower is not None or upper is not None:
                 z = torch.clamp(z, lower, upper) if z is rows else z.clamp_(lower, upper)
+            if change:  # before the tail runs: it may work in place
+                act = self.ranges_of
+                size.add(z if act is None else act(z.clone()), rows if act is None else act(rows.clone()))
             if z is rows or self.activation_ is None:  # a copy of h: the tail may start in place (ReLU(inplace=True))
                 logits = self.tail(z.clone() if z is rows else z)
             else:
@@ -177,7 +211,7 @@ class SplitSweep:
             check_logits(logits, "Sequential")
             # max's indices follow argmax's rule (the first of equal maxima) and are faster on 10 columns
             correct += int((logits.max(1).indices == self.y[start: start + self.chunk_rows]).sum())
-        return correct
+        return correct, size.value if change else math.nan
 
 
 class HookSweep:
@@ -200,22 +234,26 @@ class HookSweep:
         self.model, self.module, self.batches = model, module, batches
         self.n = sum(len(y) for _, y in batches)
         self.dim = unit_dim
+        self.ranges_of = ranges_of
         seen: list[tuple[torch.Tensor, torch.Tensor]] = []
+        own: list[tuple[torch.Tensor, torch.Tensor]] = []
 
         def watch(_, __, out):
             self.dim = unit_axis(out, unit_dim, layer)
             seen.append(unit_min_max(out if ranges_of is None else ranges_of(out.clone()), self.dim))
+            own.append(unit_min_max(out, self.dim))
 
         self.baseline = self._count(watch)
         if not seen:
             raise PerturbationError(f"{layer!r} ({type(module).__name__}) was not called in a forward pass of "
                                     f"{type(model).__name__}, so it cannot be perturbed there: probe a module that "
                                     "forward() calls (a fused kernel may bypass its submodules).")
-        self._ranges = UnitRanges(torch.stack([lo for lo, _ in seen]).amin(0),
-                                  torch.stack([hi for _, hi in seen]).amax(0))
+        self._ranges = {of: UnitRanges(torch.stack([lo for lo, _ in got]).amin(0), torch.stack([hi for _, hi in got]).amax(0))
+                        for of, got in (("activation_output", seen), ("site_output", own))}
 
-    def unit_ranges(self) -> UnitRanges:
-        return self._ranges
+    def unit_ranges(self, of: str = "activation_output") -> UnitRanges:
+        """As SplitSweep.unit_ranges, over every batch."""
+        return self._ranges[of]
 
     def correct(self, scale: torch.Tensor, offset: torch.Tensor, lower: torch.Tensor,
                 upper: torch.Tensor) -> list[int]:
@@ -223,6 +261,24 @@ class HookSweep:
         device = self.batches[0][0].device if self.batches else "cpu"
         points = zip(*(t.to(device, torch.float32) for t in (scale, offset, lower, upper)))
         return [self._count(lambda _, __, out, p=p: perturb(out, *p, self.dim)) for p in points]
+
+    def measure(self, scale: torch.Tensor, offset: torch.Tensor, lower: torch.Tensor,
+                upper: torch.Tensor) -> tuple[list[int], list[float]]:
+        """Correct predictions and the size of the change (ChangeSum) per point."""
+        device = self.batches[0][0].device if self.batches else "cpu"
+        counts, changes = [], []
+        act = self.ranges_of
+        for p in zip(*(t.to(device, torch.float32) for t in (scale, offset, lower, upper))):
+            size = ChangeSum()
+
+            def hook(_, __, out, p=p, size=size):
+                new = perturb(out, *p, self.dim)
+                size.add(new if act is None else act(new.clone()), out if act is None else act(out.clone()))
+                return new
+
+            counts.append(self._count(hook))
+            changes.append(size.value)
+        return counts, changes
 
     @torch.inference_mode()
     def _count(self, hook) -> int:
@@ -249,91 +305,3 @@ def network_sweep(net: nn.Module, x: torch.Tensor, y: torch.Tensor, layer: str =
     where = locate(net, layer, net.site)
     trunk, tail, ranges_of = where.split(net)
     return SplitSweep(trunk, tail, x, y, ranges_of, unit_dim=where.unit_dim, layer=layer, **kw)
-
-
-def sweep_rows(sweeps: dict, points: dict[str, list[float]], ranges: UnitRanges, unit: int | None = None,
-               epoch: int | None = None, log=print, label: str = "") -> list[dict]:
-    """The rows of perturbation.csv for `points` ({kind: magnitudes}) on each split's sweep
-    ({split: SplitSweep or HookSweep}), from the training set's `ranges`: a baseline row per
-    split, then one per point."""
-    rows = []
-    where = "all" if unit is None else unit
-    for split, sweep in sweeps.items():
-        n = sweep.n
-        rows.append({"epoch": epoch, "kind": "baseline", "magnitude": None, "split": split, "unit": "all",
-                     "accuracy": sweep.baseline / n})
-        for kind, magnitudes in points.items():
-            t0 = time.perf_counter()
-            accs = [c / n for c in sweep.correct(**stack_values(kind, magnitudes, ranges, unit))]
-            rows += [{"epoch": epoch, "kind": kind, "magnitude": p, "split": split, "unit": where,
-                      "accuracy": a} for p, a in zip(magnitudes, accs)]
-            if log:
-                at = "" if unit is None else f" unit {unit}"
-                how_many = f"{len(magnitudes)} point{'s' if len(magnitudes) > 1 else ''}"
-                log(f"[perturbation{' ' + label if label else ''}] {kind}{at} on {split} ({n} rows"
-                    f"{'' if epoch is None else f', epoch {epoch}'}): {how_many} in {time.perf_counter() - t0:.2f}s, "
-                    f"accuracy {100 * min(accs):.2f}%..{100 * max(accs):.2f}% "
-                    f"(unperturbed {100 * sweep.baseline / n:.2f}%)")
-    return rows
-
-
-def site_sweeps(model: nn.Module, where: ProbeSite, batches_of, splits, unit: int | None = None,
-                chunk_rows: int = DEFAULT_CHUNK_ROWS) -> tuple[dict, UnitRanges]:
-    """The one sweep driver's set-up, for dmlight's training, dmlight.perturb and DistanceProbe alike: a
-    sweep per split at `where` (dmlight.perturbation.site.locate) and the training set's unit ranges,
-    after checking `unit` against them. `batches_of(split)` gives a split's (x, y) batches on the
-    model's device. A Sequential split at the target runs SplitSweep (trunk once) unless the trunk's
-    output would pass FAST_PATH_BYTES; any other model runs HookSweep.
-
-    Example:
-        >>> from dmlight.models.networks import build_model
-        >>> from dmlight.perturbation.site import locate
-        >>> net = build_model("mlp", "abs").eval()
-        >>> data = {"train": [(torch.rand(9, 784), torch.zeros(9, dtype=torch.long))]}
-        >>> sweeps, ranges = site_sweeps(net, locate(net, "hidden"), data.get, ["train"])
-        >>> type(sweeps["train"]).__name__, len(ranges.min)
-        ('SplitSweep', 128)
-    """
-    train = batches_of("train")
-    parts = where.split(model)
-    if parts is not None and train:
-        with torch.inference_mode():
-            out = parts[0](train[0][0][:1])
-        if out.element_size() * out.numel() * sum(len(y) for _, y in train) > FAST_PATH_BYTES:
-            parts = None
-
-    def one(batches):
-        if parts is not None:
-            x, y = torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches])
-            return SplitSweep(parts[0], parts[1], x, y, parts[2], chunk_rows, unit_dim=where.unit_dim,
-                              layer=where.layer)
-        return HookSweep(model, model.get_submodule(where.target), batches, where.ranges_module(model),
-                         unit_dim=where.unit_dim, layer=where.layer)
-
-    first = one(train)
-    ranges = first.unit_ranges()  # always the training set's, whichever splits are measured
-    check_unit(unit, len(ranges.min), where.layer)
-    return {split: first if split == "train" else one(batches_of(split)) for split in splits}, ranges
-
-
-def run_sweep(net: nn.Module, data, cfg, log=print, label: str = "", epoch: int | None = None,
-              points: dict | None = None) -> tuple[list[dict], UnitRanges]:
-    """Run the sweep `cfg` (a `perturbation` config) on a dmlight Network and `data` (a
-    dmlight.data.datasets.Splits), at the network's own site: the output of `cfg.layer` (default
-    `hidden`), or of the activation after it at the post_activation site.
-
-    Returns the rows for perturbation.csv (one baseline row per split, then one per point)
-    and the training-set unit ranges the points were computed from. `points` replaces the
-    config's grid. Leaves the network in eval mode.
-
-    Example:
-        >>> run = load_run("outputs/use_distance_metrics/mnist5k-raw/ReLU_Bias/seed0")   # doctest: +SKIP
-        >>> cfg = compose_config(["perturbation=offset"]).perturbation                        # doctest: +SKIP
-        >>> rows, ranges = run_sweep(run.model, load_data("mnist5k"), cfg)                     # doctest: +SKIP
-    """
-    points = points or sweep_points(cfg, net.site, None)
-    net.eval()
-    where = locate(net, cfg.get("layer") or "hidden", net.site)
-    sweeps, ranges = site_sweeps(net, where, lambda split: [data.split(split)], sweep_splits(cfg), cfg.get("unit"),
-                                 cfg.get("chunk_rows") or DEFAULT_CHUNK_ROWS)
-    return sweep_rows(sweeps, points, ranges, cfg.get("unit"), epoch, log, label), ranges

@@ -8,6 +8,14 @@ training set; then for a magnitude p (a fraction, 0.05 = 5%):
     clip    p   c = min + p r        (upper bound, y = min(x, c))   intensity
     offset  p   s = (max - p r) / max,   t = p r              distance
 
+Beyond the papers (the study's control, dmlight.published.STUDY_KINDS), also before the activation:
+
+    unit_scale  p   s_i = p ** u_i,  u_i ~ U[0, 1] per unit from `unit_seed`   intensity
+
+Each unit gets its own factor between p and 1, zero points kept. ReLU, Abs and leaky ReLU are
+positively homogeneous (act(s h) = s act(h), s > 0), so a uniform scale passes through them and a
+later layer's argmax moves only through its biases; unequal factors cannot be absorbed that way.
+
 The offset keeps each unit's max where it was (s max + t = max) and moves its zero point
 (x = 0) to p r. A unit whose max is 0 (never active on the training set) has no max to keep
 and nothing to shift by: offset leaves it as it is (s = 1, t = 0).
@@ -35,9 +43,14 @@ import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from dmlight.errors import PerturbationError
-from dmlight.published import LEARN_KINDS, USE_KINDS
+from dmlight.published import LEARN_KINDS, STUDY_KINDS, USE_KINDS
 
-KINDS = {**dict.fromkeys(USE_KINDS, "pre_activation"), **dict.fromkeys(LEARN_KINDS, "post_activation")}  # kind -> site
+KINDS = {**dict.fromkeys(USE_KINDS + STUDY_KINDS, "pre_activation"),
+         **dict.fromkeys(LEARN_KINDS, "post_activation")}  # kind -> site
+# Where a unit's range (min, max) is taken: the papers' activation output, or the site's own output (where the
+# perturbation acts: the pre-activation values at pre_activation), which means the same for every activation.
+RANGES = ("activation_output", "site_output")
+UNIT_SEED = 2411  # the default draw of unit_scale's u_i
 SPLITS = ("train", "val", "test")  # dmlight's own data has train and test; a DistanceProbe may have val
 
 
@@ -109,6 +122,7 @@ def sweep_points(cfg, site: str | None = None, hidden: int | None = None) -> dic
                 f" (perturbation={'use' if site == 'pre_activation' else 'learn'}); for {kind!r}, train the "
                 f"model with arch.site={KINDS[kind]}.")
     sweep_splits(cfg)
+    sweep_ranges(cfg)
     check_unit(cfg.get("unit"), hidden)
     one, many = cfg.get("magnitude"), cfg.get("magnitudes")
     if one is not None and many is not None:
@@ -130,6 +144,9 @@ def sweep_points(cfg, site: str | None = None, hidden: int | None = None) -> dic
                                     "e.g. perturbation.magnitudes=[0.05,0.1].") from None
         if not points[kind]:
             raise PerturbationError(f"the grid for {kind!r} is empty; give at least one magnitude.")
+        if kind == "unit_scale" and points[kind][0] <= 0:
+            raise PerturbationError(f"unit_scale magnitude {points[kind][0]!r}: each unit's factor is p ** u_i, so "
+                                    "every p must be > 0 (e.g. a geomspace grid from 0.01).")
     return points
 
 
@@ -148,6 +165,27 @@ def check_unit(unit, n_units: int | None = None, layer: str | None = None) -> No
         top = f"0..{n_units - 1}" if n_units else "a unit index"
         raise PerturbationError(f"perturbation.unit={unit!r} is not a unit of {'this layer' if layer is None else repr(layer)}"
                                 f"; accepted: {top}, or null for the whole layer.")
+
+
+def sweep_ranges(cfg) -> str:
+    """Where a `perturbation` config takes each unit's range (RANGES; default the papers' activation output).
+
+    Example:
+        >>> sweep_ranges({}), sweep_ranges({"ranges": "site_output"})
+        ('activation_output', 'site_output')
+    """
+    where = str(cfg.get("ranges") or RANGES[0])
+    if where not in RANGES:
+        raise PerturbationError(f"perturbation.ranges={where!r}; accepted: {', '.join(RANGES)} (the papers' choice "
+                                "first; site_output: the values the perturbation acts on, comparable across "
+                                "activations).")
+    return where
+
+
+def unit_seed(cfg) -> int:
+    """The seed of unit_scale's u_i draw in a `perturbation` config (`unit_seed`, default UNIT_SEED)."""
+    seed = cfg.get("unit_seed")
+    return UNIT_SEED if seed is None else int(seed)
 
 
 def sweep_splits(cfg) -> list[str]:
@@ -183,7 +221,19 @@ class UnitRanges:
                 for k, (lo, hi) in enumerate(zip(self.min.tolist(), self.max.tolist()))]
 
 
-def perturbation_values(kind: str, p: float, ranges: UnitRanges, unit: int | None = None) -> dict[str, torch.Tensor]:
+def unit_exponents(n: int, seed: int = UNIT_SEED) -> torch.Tensor:
+    """unit_scale's u_i: n draws uniform in [0, 1) (float64) from torch's generator seeded with `seed`.
+
+    Example:
+        >>> u = unit_exponents(4, seed=7)
+        >>> bool((u >= 0).all() and (u < 1).all()), torch.equal(u, unit_exponents(4, seed=7))
+        (True, True)
+    """
+    return torch.rand(n, generator=torch.Generator().manual_seed(int(seed)), dtype=torch.float64)
+
+
+def perturbation_values(kind: str, p: float, ranges: UnitRanges, unit: int | None = None,
+                        unit_seed: int = UNIT_SEED) -> dict[str, torch.Tensor]:
     """The per-unit (scale, offset, lower, upper) of one point, for dmlight.perturbation.engine.perturb.
 
     Computed in float64 so identity points are exact (offset 0 gives scale 1, clip 100%
@@ -203,6 +253,11 @@ def perturbation_values(kind: str, p: float, ranges: UnitRanges, unit: int | Non
          "upper": torch.full((n,), math.inf, dtype=torch.float64)}
     if kind == "scale":
         v["scale"].fill_(p)
+    elif kind == "unit_scale":
+        if p <= 0:
+            raise PerturbationError(f"unit_scale magnitude {p!r}: each unit's factor is p ** u_i, so p must be > 0 "
+                                    "(e.g. a geomspace grid from 0.01).")
+        v["scale"] = float(p) ** unit_exponents(n, unit_seed)
     elif kind == "clip":
         v["upper"] = lo + p * r
     elif kind == "offset":
@@ -226,7 +281,8 @@ def perturbation_values(kind: str, p: float, ranges: UnitRanges, unit: int | Non
     return {name: t.float() for name, t in v.items()}
 
 
-def stack_values(kind: str, magnitudes, ranges: UnitRanges, unit: int | None = None) -> dict[str, torch.Tensor]:
+def stack_values(kind: str, magnitudes, ranges: UnitRanges, unit: int | None = None,
+                 unit_seed: int = UNIT_SEED) -> dict[str, torch.Tensor]:
     """perturbation_values of many magnitudes, stacked to (points, units) per name."""
-    per = [perturbation_values(kind, float(p), ranges, unit) for p in magnitudes]
+    per = [perturbation_values(kind, float(p), ranges, unit, unit_seed) for p in magnitudes]
     return {name: torch.stack([v[name] for v in per]) for name in per[0]}

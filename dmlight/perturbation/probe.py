@@ -32,10 +32,11 @@ from pytorch_lightning.utilities.seed import isolate_rng
 from torch import nn
 
 from dmlight.tracking.loggers import member_loggers
-from dmlight.perturbation.formulas import KINDS, check_unit, sweep_points, sweep_splits
+from dmlight.perturbation.formulas import KINDS, check_unit, sweep_points, sweep_ranges, sweep_splits, unit_seed
 from dmlight.runs.files import read_json, write_json_atomic
 from dmlight.perturbation.site import OWN_OUTPUT, ProbeError, ProbeSite, locate  # noqa: F401  (ProbeError: re-exported)
-from dmlight.perturbation.engine import DEFAULT_CHUNK_ROWS, site_sweeps, sweep_rows
+from dmlight.perturbation.driver import site_sweeps, sweep_layers, sweep_rows
+from dmlight.perturbation.engine import DEFAULT_CHUNK_ROWS
 from dmlight.runs.files import (PERTURBATION_COLUMNS, PROBE_COLUMNS, append_results, layer_files, recorded_epochs,
                                 write_unit_ranges)
 from dmlight.tracking.wandb_log import log_sweep, sweep_metrics
@@ -74,7 +75,7 @@ def during_points(cfg) -> dict[str, list[float]]:
         return sweep_points(cfg)
     grids = {**OmegaConf.to_container(OmegaConf.create(cfg.get("grids") or {}), resolve=True),
              **OmegaConf.to_container(OmegaConf.create(during), resolve=True)}
-    return sweep_points({**{k: cfg.get(k) for k in ("kinds", "splits", "unit")}, "grids": grids})
+    return sweep_points({**{k: cfg.get(k) for k in ("kinds", "splits", "unit", "ranges")}, "grids": grids})
 
 
 def during_line(rows: list[dict], layer: str, label: str, epoch: int, seconds: float) -> str:
@@ -233,7 +234,7 @@ class DistanceProbe(pl.Callback):
                 sweeps, ranges = self._sweeps(trainer, pl_module, model, directory)
                 # a line per kind at the end; one line per sweep during training
                 rows = sweep_rows(sweeps, points, ranges, self.cfg.get("unit"), epoch, self.print if final else None,
-                                  label)
+                                  label, unit_seed(self.cfg), sweep_ranges(self.cfg))
             finally:
                 for m, training in modes:
                     m.training = training
@@ -248,7 +249,7 @@ class DistanceProbe(pl.Callback):
         batches = {"train": train}
         sweeps, ranges = site_sweeps(
             model, where, lambda split: batches.get(split) or self.batches(trainer, pl_module, split),
-            sweep_splits(self.cfg), self.cfg.get("unit"), self.chunk_rows)
+            sweep_splits(self.cfg), self.cfg.get("unit"), self.chunk_rows, sweep_ranges(self.cfg))
         self.note_site(directory, where, len(ranges.min))
         return sweeps, ranges
 
@@ -278,45 +279,39 @@ class DistanceProbe(pl.Callback):
         self.sweep(trainer, pl_module, int(trainer.current_epoch), final=True)
 
 
-class PerturbationSweep(DistanceProbe):
-    """dmlight's own training: the `perturbation` config's probe on every member network (one
-    for a solo run, one per seed for an ensemble) at the network's site (`arch.site`), writing
-    perturbation.csv and unit_ranges.csv (perturbation_<layer>.csv and unit_ranges_<layer>.csv for
-    another `perturbation.layer` than `hidden`) into each member's run directory and, with W&B on, the
-    final sweep into the member's own W&B run (dmlight.tracking.wandb_log.log_sweep). A config that cannot
-    run fails when training starts, not after it; `perturbation=none` (no kinds) sweeps nothing.
-    """
+class LayerSweep(DistanceProbe):
+    """dmlight's own training at one layer: the `perturbation` config's probe on every member network (one for
+    a solo run, one per seed for an ensemble) at the network's site (`arch.site`), writing perturbation.csv and
+    unit_ranges.csv (perturbation_<layer>.csv and unit_ranges_<layer>.csv for another layer than `hidden`) into
+    each member's run directory and, with W&B on, the final sweep of `hidden` into the member's own W&B run
+    (dmlight.tracking.wandb_log.log_sweep)."""
 
     columns = PERTURBATION_COLUMNS
 
-    def __init__(self, run_dirs: str | Path | list, cfg):
-        self.run_dirs = [Path(run_dirs)] if isinstance(run_dirs, (str, Path)) else [Path(d) for d in run_dirs]
-        self.on = bool(cfg.get("kinds"))
-        if not self.on:
-            self.every_n_epochs = None
-            return
-        layer = cfg.get("layer") or "hidden"
+    def __init__(self, run_dirs: list[Path], cfg, layer: str, several: bool = False):
+        self.run_dirs, self.several = run_dirs, several
         filename, self.ranges_file = layer_files(layer)  # another layer's rows go to files of its own
         super().__init__(layer=layer, perturbation=cfg, site=None, splits=None,
                          every_n_epochs=cfg.get("every_n_epochs"), filename=filename,
                          chunk_rows=cfg.get("chunk_rows") or DEFAULT_CHUNK_ROWS)
 
     def on_fit_start(self, trainer, pl_module) -> None:
-        if self.on:  # the run's own network decides the site and the units
-            self.site = pl_module.net.site
-            sweep_points(self.cfg, self.site)
-            net = pl_module.members()[0]
-            try:
-                where = locate(net, self.layer, self.site)
-            except ProbeError as e:  # in the config's words: the key is perturbation.layer
-                raise ProbeError(f"perturbation.layer={self.layer} ({net.name}): {e}") from None
-            check_unit(self.cfg.get("unit"), where.n_units, self.layer)
+        self.site = pl_module.net.site  # the run's own network decides the site and the units
+        sweep_points(self.cfg, self.site)
+        net = pl_module.members()[0]
+        try:
+            where = locate(net, self.layer, self.site)
+        except ProbeError as e:  # in the config's words: the key is perturbation.layer
+            raise ProbeError(f"perturbation.layer={self.layer} ({net.name}): {e}") from None
+        check_unit(self.cfg.get("unit"), where.n_units, self.layer)
 
     def targets(self, trainer, pl_module, final: bool):
         members = pl_module.members()
         own, _ = member_loggers(trainer.loggers, self.run_dirs)  # each member's own W&B run
         retired = getattr(pl_module, "retired", {})
-        return [(run_dir.name if len(members) > 1 else "", net.to(pl_module.data.x_train.device), run_dir, loggers)
+        layer = self.layer if self.several else ""
+        return [(" ".join(filter(None, (run_dir.name if len(members) > 1 else "", layer))),
+                 net.to(pl_module.data.x_train.device), run_dir, loggers)
                 for m, (net, run_dir, loggers) in enumerate(zip(members, self.run_dirs, own))
                 if final or m not in retired]  # a diverged member is not swept during training
 
@@ -327,15 +322,51 @@ class PerturbationSweep(DistanceProbe):
         append_results(directory, rows, self.filename, self.columns)
         if final:
             write_unit_ranges(directory, ranges, self.ranges_file)
-            log_sweep(loggers, rows)
+            if self.layer == "hidden":
+                log_sweep(loggers, rows)
         else:
-            metrics = sweep_metrics(rows, "perturbation_during")
+            prefix = "perturbation_during" if self.layer == "hidden" else f"perturbation_during/{self.layer}"
+            metrics = sweep_metrics(rows, prefix)
             for logger in loggers:
                 logger.log_metrics(metrics, step=epoch)  # the step of metrics.csv's rows
 
     def note_site(self, directory: Path, where: ProbeSite, n_units: int) -> None:
         pass  # dmlight's networks: a Linear's features, ranges after its activation module (unit_ranges.csv)
 
-    def sweep(self, trainer, pl_module, epoch: int, final: bool) -> None:
-        if self.on:  # perturbation=none sweeps nothing
-            super().sweep(trainer, pl_module, epoch, final)
+
+class PerturbationSweep(pl.Callback):
+    """dmlight's own training: the `perturbation` config's sweep at each layer `perturbation.layer` names (one,
+    a list, or `all`: every hidden layer), a LayerSweep each, in one run. A config that cannot run fails when
+    training starts, not after it; `perturbation=none` (no kinds) sweeps nothing.
+    """
+
+    def __init__(self, run_dirs: str | Path | list, cfg):
+        self.run_dirs = [Path(run_dirs)] if isinstance(run_dirs, (str, Path)) else [Path(d) for d in run_dirs]
+        self.cfg, self.layers = cfg, sweep_layers(cfg.get("layer"))
+        self.on = bool(cfg.get("kinds"))
+        self.sweeps: list[LayerSweep] = []
+        if self.on and self.layers != ["all"]:
+            self.sweeps = self._make(self.layers)  # a bad grid fails here, before training
+
+    def _make(self, layers: list[str]) -> list[LayerSweep]:
+        return [LayerSweep(self.run_dirs, self.cfg, layer, several=len(layers) > 1) for layer in layers]
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        if not self.on:
+            return
+        if self.layers == ["all"]:
+            self.sweeps = self._make(sweep_layers("all", pl_module.members()[0]))
+        for sweep in self.sweeps:
+            sweep.on_fit_start(trainer, pl_module)
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        for sweep in self.sweeps:
+            sweep.on_train_start(trainer, pl_module)
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        for sweep in self.sweeps:
+            sweep.on_train_epoch_end(trainer, pl_module)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        for sweep in self.sweeps:
+            sweep.on_train_end(trainer, pl_module)

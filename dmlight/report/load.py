@@ -40,6 +40,8 @@ KEY_COLUMNS = ["run", "experiment", "model"]
 METRICS_COLUMNS = list(runfiles.METRICS_COLUMNS)
 PERTURBATION_COLUMNS = KEY_COLUMNS + ["site", "kind", "magnitude", "split", "unit", "accuracy"]
 SWEEP_COLUMNS = KEY_COLUMNS + ["site", "epoch", "kind", "magnitude", "split", "unit", "accuracy"]
+# every layer's final sweep, with the size of each point's change and where its unit ranges were taken
+LAYER_COLUMNS = KEY_COLUMNS + ["site", "layer", "kind", "magnitude", "split", "unit", "accuracy", "change", "range_of"]
 
 
 @dataclass
@@ -57,6 +59,8 @@ class Runs:
     # every sweep (with its epoch) of the runs that also swept during training (perturbation.every_n_epochs); empty
     # when none did
     sweeps: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=SWEEP_COLUMNS))
+    # each run's final sweep at every layer it swept (perturbation.csv is `hidden`; perturbation_<layer>.csv the others)
+    layers: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=LAYER_COLUMNS))
 
 
 def find_run_dirs(dirs, skip=()) -> list[Path]:
@@ -136,6 +140,8 @@ def read_sweep_file(file: Path, keys: tuple[str, ...] = ()) -> pd.DataFrame:
     df["magnitude"] = pd.to_numeric(df["magnitude"], errors="coerce").round(12)  # float grids: key on 12 decimals
     df["accuracy"] = pd.to_numeric(df["accuracy"], errors="coerce")
     df["unit"] = df["unit"].fillna("").astype(str).str.strip().replace("", "all")
+    df["change"] = pd.to_numeric(df["change"], errors="coerce") if "change" in df else math.nan
+    df["range_of"] = df["range_of"].replace("", "activation_output") if "range_of" in df else "activation_output"
     return df.drop_duplicates([*keys, "epoch", "kind", "magnitude", "split", "unit"], keep="last")
 
 
@@ -224,7 +230,7 @@ def load_runs(dirs, skip=()) -> Runs:
         >>> data = load_runs(["outputs/use_distance_metrics"])  # doctest: +SKIP
         >>> data.runs.groupby("model").test_acc.mean()            # doctest: +SKIP
     """
-    run_rows, metrics, perts, sweeps, units, incomplete, diverged = [], [], [], [], [], [], []
+    run_rows, metrics, perts, sweeps, units, incomplete, diverged, layers = [], [], [], [], [], [], [], []
     for path in find_run_dirs(dirs, skip):
         why, s = _incomplete_reason(path)
         if why:
@@ -254,6 +260,12 @@ def load_runs(dirs, skip=()) -> Runs:
                 perts.append(final_sweep(every))
                 if every.epoch.nunique() > 1:
                     sweeps.append(every)
+        for layer, file in runfiles.layer_result_files(path).items():
+            try:
+                layers.append(final_sweep(read_sweep_file(file)).assign(layer=layer, site=run_rows[-1]["site"], **key))
+            except (OSError, KeyError, ValueError, UnicodeDecodeError, csv.Error) as e:
+                if layer != "hidden":  # perturbation.csv's warning is above
+                    log(f"warning: {file} unreadable ({e}); its sweep is left out")
         for layer, by_split in (s.get("units") or {}).items():
             for split, c in (by_split or {}).items():
                 units.append({**key, "layer": layer, "split": split,
@@ -266,4 +278,5 @@ def load_runs(dirs, skip=()) -> Runs:
         incomplete=_frame(incomplete, INCOMPLETE_COLUMNS),
         diverged=_frame(diverged, DIVERGED_COLUMNS),
         sweeps=_frame(sweeps, SWEEP_COLUMNS),
+        layers=_frame(layers, LAYER_COLUMNS),
     )

@@ -3,7 +3,7 @@
     config.yaml          the resolved config (written first; dmlight.runs.layout.claim_run_dir)
     metrics.csv          METRICS_COLUMNS: epoch, train_loss, train_acc, test_acc (appended as training goes)
     checkpoints/last.ckpt  the latest checkpoint (every `run.checkpoint_every` epochs, and the final one)
-    perturbation.csv     PERTURBATION_COLUMNS: epoch, kind, magnitude, split, unit, accuracy (appended, never
+    perturbation.csv     PERTURBATION_COLUMNS: epoch, kind, magnitude, split, unit, accuracy, change, range_of (appended, never
                          rewritten; `baseline` rows are the unperturbed point with an empty magnitude);
                          perturbation_<layer>.csv for another layer than `hidden` (layer_files)
     unit_ranges.csv      RANGE_COLUMNS: unit, min, max, range of the probed layer on the training set
@@ -36,8 +36,11 @@ RUN_FILES = (CONFIG_FILE, SUMMARY_FILE, METRICS_FILE)  # a folder holding one of
 COMPLETE, DIVERGED = "complete", "diverged"
 FINISHED = (COMPLETE, DIVERGED)  # the statuses of a finished run (one with a summary)
 METRICS_COLUMNS = ("epoch", "train_loss", "train_acc", "test_acc")
-PERTURBATION_COLUMNS = ("epoch", "kind", "magnitude", "split", "unit", "accuracy")
-PROBE_COLUMNS = ("epoch", "layer", "kind", "magnitude", "split", "unit", "accuracy")  # DistanceProbe's probe.csv
+# `change`: the size of the point's change (mean relative change of the layer's output over the rows,
+# dmlight.perturbation.engine.ChangeSum); `range_of`: where the unit ranges were taken (activation_output, the
+# papers' choice, or site_output). Files written before these columns keep their own header (append_results).
+PERTURBATION_COLUMNS = ("epoch", "kind", "magnitude", "split", "unit", "accuracy", "change", "range_of")
+PROBE_COLUMNS = ("epoch", "layer", *PERTURBATION_COLUMNS[1:])  # DistanceProbe's probe.csv
 RANGE_COLUMNS = ("unit", "min", "max", "range")
 
 # summary.json: the keys every summary has, and those of each status (make_summary checks them).
@@ -211,6 +214,21 @@ def layer_files(layer: str = "hidden") -> tuple[str, str]:
     if layer == "hidden":
         return PERTURBATION_FILE, RANGES_FILE
     return tuple(f"{Path(name).stem}_{layer}.csv" for name in (PERTURBATION_FILE, RANGES_FILE))
+
+
+def layer_result_files(run_dir: str | Path) -> dict[str, Path]:
+    """{layer: its results file} of every layer a run's sweeps covered (`hidden` first, then by name).
+
+    Example:
+        >>> layer_result_files("/nonexistent")
+        {}
+    """
+    run_dir = Path(run_dir)
+    found = {"hidden": run_dir / PERTURBATION_FILE} if (run_dir / PERTURBATION_FILE).is_file() else {}
+    stem = Path(PERTURBATION_FILE).stem + "_"
+    for path in sorted(run_dir.glob(f"{stem}*.csv")):
+        found[path.stem[len(stem):]] = path
+    return found
 
 
 def append_results(run_dir: str | Path, rows: list[dict], filename: str = PERTURBATION_FILE,

@@ -10,6 +10,7 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from dmlight.runs import layout as rundir
+from dmlight.runs.files import read_metrics
 from dmlight.config import compose_config
 from dmlight.errors import ConfigError
 from dmlight.models.layers import Abs, Neg, OffsetL2
@@ -85,7 +86,7 @@ def test_a_one_layer_list_trains_to_the_int_runs_bytes(tmp_path):
         assert summary["hidden"] == 128 and summary["model_name"] == "ReLU_Bias"
         assert OmegaConf.load(run_dir / "config.yaml").arch.hidden == 128  # saved in one spelling
     assert (runs["128"] / "metrics.csv").read_bytes() == (runs["[128]"] / "metrics.csv").read_bytes()
-    assert len(rundir.read_metrics(runs["128"])) == 20
+    assert len(read_metrics(runs["128"])) == 20
 
 
 @pytest.mark.slow

@@ -44,7 +44,7 @@ def test_a_short_run_writes_the_probe_rows_and_the_figures(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     with open(out / "probe.csv") as f:
         rows = list(csv.DictReader(f))
-    assert list(rows[0]) == ["epoch", "layer", "kind", "magnitude", "split", "unit", "accuracy"]
+    assert list(rows[0]) == ["epoch", "layer", "kind", "magnitude", "split", "unit", "accuracy", "change", "range_of"]
     # Both layers, both splits, at epoch 0 (before training), 1 and 2 (the end, on the coarse grid by default):
     # 34 scale + 34 clip + 28 offset points and a baseline per (layer, split, epoch).
     seen = {}

@@ -19,7 +19,8 @@ from dmlight.perturbation import engine as sweep_engine
 from dmlight.perturbation.formulas import (PerturbationError, UnitRanges, expand_grid, perturbation_values, stack_values,
                                   sweep_points)
 from dmlight.perturbation.probe import PerturbationSweep
-from dmlight.perturbation.engine import network_sweep, run_sweep
+from dmlight.perturbation.driver import run_sweep
+from dmlight.perturbation.engine import network_sweep
 from dmlight.runs.files import PERTURBATION_COLUMNS as COLUMNS, RANGE_COLUMNS, read_results
 from dmlight.train import train
 from tests.conftest import run_module, train_cfg
@@ -230,7 +231,8 @@ def test_docstring_examples_run():
 def test_callback_writes_every_point_and_the_unit_ranges(use_run, learn_run, digits):
     run_dir, summary = use_run
     with open(run_dir / "perturbation.csv") as f:
-        assert tuple(next(csv.reader(f))) == COLUMNS == ("epoch", "kind", "magnitude", "split", "unit", "accuracy")
+        assert tuple(next(csv.reader(f))) == COLUMNS == ("epoch", "kind", "magnitude", "split", "unit", "accuracy", "change",
+                                                  "range_of")
     assert {r["epoch"] for r in read_results(run_dir)} == {"300"}  # one sweep, after the 300 epochs
     rows = read_results(run_dir)
     for split in ("train", "test"):

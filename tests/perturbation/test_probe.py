@@ -5,6 +5,7 @@ during training; loggers; errors; the two engines against each other. Trainings 
 from __future__ import annotations
 
 import csv
+import io
 import math
 from collections import Counter
 from pathlib import Path
@@ -18,7 +19,7 @@ from omegaconf import OmegaConf
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from dmlight.perturbation import engine as engine_mod
+from dmlight.perturbation import driver as engine_mod
 from dmlight.config import CONF_DIR
 from dmlight.data.datasets import load_data
 from dmlight.models.layers import Abs
@@ -691,7 +692,16 @@ def test_a_sequential_gives_the_same_counts_by_both_engines(tmp_path, digits, mo
         assert set(used) == {engine}
         engines[engine] = {name: (tmp_path / engine / f"{name}.csv").read_text() for name in ("use", "learn", "learn1")}
         engines[engine]["ranges"] = (tmp_path / engine / f"use_{layer}_unit_ranges.csv").read_text()
+    # every column the same bits but `change`, a mean of per-row norms whose blocks differ (rows vs batches)
+    changes = {}
+    for engine, files in engines.items():
+        for name, body in files.items():
+            rows = list(csv.DictReader(io.StringIO(body)))
+            changes[engine, name] = [float(r.pop("change")) for r in rows if "change" in r]
+            files[name] = rows
     assert engines["split"] == engines["hook"]
+    for name in ("use", "learn", "learn1"):
+        assert changes["split", name] == pytest.approx(changes["hook", name], rel=1e-6, abs=1e-9)
     ranges = read_csv(tmp_path / "split" / f"use_{layer}_unit_ranges.csv")
     assert min(float(r["min"]) for r in ranges) >= 0  # the ReLU's output, not the layer's
     accs = [r["accuracy"] for name in ("use", "learn") for r in read_csv(tmp_path / "split" / f"{name}.csv")]
