@@ -6,7 +6,7 @@ SEEDS    ?= range(20)
 QUICK    ?= outputs/quick
 
 .PHONY: install demo test test-fast bench report reproduce reproduce-use reproduce-learn reproduce-bias \
-        reproduce-offset-l2 reproduce-quick gpu-check gpu-wheels wandb-sync dashboard clean
+        reproduce-offset-l2 reproduce-quick gpu-check gpu-wheels wandb-sync dashboard clean study-quick study
 
 install: $(VENV_OK)
 
@@ -120,3 +120,24 @@ gpu-wheels:
 
 clean:
 	rm -rf outputs/* .pytest_cache
+
+# ---- Beyond the papers (docs/study.md): where does the distance code hold? Each axis is a Hydra sweep
+# (conf/experiment/study_*.yaml) around the study point (conf/experiment/study.yaml); the report's section
+# "Beyond the papers" gives the verdicts. Resumable like every sweep: rerun after a kill trains nothing twice.
+STUDY_AXES := study_activation study_depth study_width study_data study_optimizer study_learn
+STUDY_OUT  ?= outputs/study-quick
+
+# The main axes on the embedded digits and a Fashion-MNIST subset, 3 seeds, 300 epochs: ~30 min on 2 CPU cores.
+study-quick: install
+	@n=0; for axis in $(STUDY_AXES); do n=$$((n + 1)); echo "[study-quick] axis $$n/6: $$axis"; \
+	    $(TRAIN) experiment=$$axis paths.output_dir=$(STUDY_OUT) run.progress_every=150 $(ARGS) || exit 1; done
+	$(PY) -m dmlight.report $(STUDY_OUT)
+
+# The same grid at the papers' scale: full MNIST (and full Fashion-MNIST on the data axis), 10 seeds, 2,000 epochs,
+# one job per GPU (ARGS='hydra/launcher=slurm' on a cluster). Needs MNIST's IDX files (docs/reproduce.md).
+STUDY_FULL := 'seeds=range(10)' trainer.max_epochs=2000 hydra/launcher=gpus paths.output_dir=outputs/study $(ARGS)
+study: install
+	@for axis in study_activation study_depth study_width study_optimizer study_learn; do \
+	    $(TRAIN) experiment=$$axis data=mnist $(STUDY_FULL) || exit 1; done
+	$(TRAIN) experiment=study_data data=mnist,fashion_mnist $(STUDY_FULL)
+	$(PY) -m dmlight.report outputs/study
