@@ -7,6 +7,7 @@ spans several experiments), so every panel draws the mean over seeds with a min-
     USE: accuracy under perturbation    scale, clip (log x) and offset against the magnitude, training set
     LEARN: test accuracy by model   final test/acc per model, mean and standard deviation over seeds
     Report                          the report run's scorecard table (python -m dmlight.report ... report.wandb=true)
+    Beyond the papers               the report run's study table: a verdict per setting and layer
 
 With a W&B account (`wandb login`) and network it saves the workspace and prints its URL. Without them it
 writes the workspace spec it would save as JSON (--out) and says how to push it later: rerun the same
@@ -24,12 +25,11 @@ import sys
 from pathlib import Path
 
 from dmlight.tracking.loggers import wandb_mode
-from dmlight.published import EXPERIMENT_ORDER, USE_KINDS
-from dmlight.tracking.wandb_log import LEARNING_CURVES, SCORECARD, STEP, accuracy_key, magnitude_key
+from dmlight.published import EXPERIMENT_ORDER, KIND_CODE, USE_KINDS
+from dmlight.tracking.wandb_log import LEARNING_CURVES, SCORECARD, STEP, accuracy_key, magnitude_key, table_key
 
 BAND = {"group_agg": "mean", "group_area": "minmax"}
 TITLES = {"train/loss": "training loss", "train/acc": "training accuracy", "test/acc": "test accuracy"}
-FAMILY = {"scale": "intensity", "clip": "intensity", "offset": "distance"}
 
 
 def panels() -> list[dict]:
@@ -42,7 +42,7 @@ def panels() -> list[dict]:
             "x": STEP, "y": [key], "title_x": "epoch", "log_y": key == "train/loss", **BAND}
            for key in LEARNING_CURVES]
     out += [{"section": "USE: accuracy under perturbation (training set)", "type": "line",
-             "title": f"USE: {kind} ({FAMILY[kind]})", "x": magnitude_key(kind), "y": [accuracy_key(kind, "train")],
+             "title": f"USE: {kind} ({KIND_CODE[kind]})", "x": magnitude_key(kind), "y": [accuracy_key(kind, "train")],
              "title_x": f"{kind} magnitude p", "title_y": "training accuracy", "log_x": kind != "offset", **BAND}
             for kind in USE_KINDS]
     out.append({"section": "LEARN: test accuracy by model", "type": "bar",
@@ -50,6 +50,9 @@ def panels() -> list[dict]:
                 "group_agg": "mean", "group_area": "stddev"})
     out.append({"section": "Report", "type": "table", "title": "scorecard: each claim of the papers",
                 "y": [SCORECARD]})
+    out.append({"section": "Beyond the papers", "type": "table",
+                "title": "study: verdict per setting and layer (make study-quick; docs/study.md)",
+                "y": [table_key("study")]})
     return out
 
 

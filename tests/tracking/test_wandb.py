@@ -164,7 +164,7 @@ def test_the_dashboard_spec_offline_shows_the_runs_keys(wandb_runs, solo, tmp_pa
     assert "use_distance_metrics" in dash["filters"] and "report" in dash["filters"]
     sections = dash["spec"]["section"]["panelBankConfig"]["sections"]
     assert [s["name"] for s in sections] == ["Learning curves", "USE: accuracy under perturbation (training set)",
-                                              "LEARN: test accuracy by model", "Report"]
+                                              "LEARN: test accuracy by model", "Report", "Beyond the papers"]
     drawn = [(p["viewType"], p["config"].get("xAxis"), p["config"].get("metrics"), p["config"].get("groupArea"))
              for s in sections for p in s["panels"]]
     assert drawn[:7] == [
@@ -176,6 +176,7 @@ def test_the_dashboard_spec_offline_shows_the_runs_keys(wandb_runs, solo, tmp_pa
         ("Run History Line Plot", "perturbation/offset/magnitude", ["perturbation/offset/train"], "minmax"),
         ("Bar Chart", None, ["test/acc"], "stddev")]
     assert drawn[7][0] == "Weave" and f'"val": "{SCORECARD}"' in json.dumps(sections[3]["panels"][0])
+    assert drawn[8][0] == "Weave" and '"val": "table/study"' in json.dumps(sections[4]["panels"][0])
     assert dash["spec"]["section"]["runSets"][0]["grouping"] == [{"section": "config", "name": "model_name.value"}]
     # every key a panel draws is one the runs logged
     keys = set().union(*solo[0]["history"])
