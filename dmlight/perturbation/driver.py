@@ -94,7 +94,7 @@ def site_sweeps(model: nn.Module, where: ProbeSite, batches_of, splits, unit: in
         ('SplitSweep', 128)
     """
     train = batches_of("train")
-    parts = where.split(model)
+    parts = where.cut(model)
     if parts is not None and train:
         with torch.inference_mode():
             out = parts[0](train[0][0][:1])

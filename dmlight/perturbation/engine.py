@@ -303,5 +303,5 @@ def network_sweep(net: nn.Module, x: torch.Tensor, y: torch.Tensor, layer: str =
         9
     """
     where = locate(net, layer, net.site)
-    trunk, tail, ranges_of = where.split(net)
+    trunk, tail, ranges_of = where.cut(net)
     return SplitSweep(trunk, tail, x, y, ranges_of, unit_dim=where.unit_dim, layer=layer, **kw)

@@ -101,7 +101,7 @@ class ProbeSite:
         axis = {-1: "features (the output's last axis)", 1: "channels (axis 1)", None: "axis 1"}
         return axis.get(self.unit_dim, f"axis {self.unit_dim}")
 
-    def split(self, model: nn.Module):
+    def cut(self, model: nn.Module):
         """(trunk, tail, ranges_of) of a Sequential model at the target, or None when it is not one."""
         parts = sequential_parts(model)
         names = [n for n, _ in parts] if parts is not None else []

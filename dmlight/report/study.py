@@ -148,7 +148,7 @@ def _settings(data: Runs, experiments) -> pd.DataFrame:
     return both
 
 
-def study_table(data: Runs, th: Thresholds = THRESHOLDS, experiments=("study",)) -> pd.DataFrame:
+def study_table(data: Runs, th: Thresholds = THRESHOLDS, experiments=STUDY_EXPERIMENTS) -> pd.DataFrame:
     """One row per setting and layer of the study's runs: drops at study_change, ratio with its 95% CI, verdict."""
     runs = _settings(data, experiments)
     if runs.empty:
