@@ -53,6 +53,8 @@ def _variant(*, _root_) -> str:
     return rundir.variant_name(overrides)
 
 
+# The resolvers below import where they run (when a config resolves one), so that composing a config, --help and
+# shell completion load neither torch nor wandb (tests/package/test_cli.py checks it).
 def _n_jobs(cpu_jobs=2) -> int:
     from dmlight.training.devices import default_n_jobs
 

@@ -31,6 +31,7 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.utilities.seed import isolate_rng
 from torch import nn
 
+from dmlight.config import CONF_DIR, compose_config
 from dmlight.tracking.loggers import member_loggers
 from dmlight.perturbation.formulas import KINDS, check_unit, sweep_points, sweep_ranges, sweep_splits, unit_seed
 from dmlight.runs.files import read_json, write_json_atomic
@@ -46,8 +47,6 @@ from dmlight.tracking.wandb_log import log_sweep, sweep_metrics
 def _config(perturbation) -> DictConfig:
     """A perturbation config: a conf/perturbation/<name>.yaml by name, or a mapping of its keys."""
     if isinstance(perturbation, str):
-        from dmlight.config import CONF_DIR, compose_config
-
         names = sorted(p.stem for p in (CONF_DIR / "perturbation").glob("*.yaml") if p.stem != "base")
         if perturbation not in names:
             raise ProbeError(f"perturbation={perturbation!r}; accepted: {', '.join(names)}, or a mapping with kinds "

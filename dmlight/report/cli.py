@@ -12,7 +12,7 @@ from dmlight.report.thresholds import THRESHOLDS, Thresholds
 
 def usage() -> str:
     """The help: what the report reads and writes, how claims are scored, every threshold with its default and why."""
-    import dmlight.report
+    import dmlight.report  # here: the package's __init__ imports this module (its `main`)
     from dmlight.report import claims, thresholds
 
     return "\n".join([dmlight.report.__doc__, claims.__doc__, thresholds.__doc__,

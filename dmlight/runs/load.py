@@ -6,7 +6,9 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
+from dmlight.data.datasets import load_data_cfg
 from dmlight.errors import RunDirError
+from dmlight.models.networks import model_from_config
 from dmlight.targets import target_of
 from dmlight.runs.files import last_checkpoint, read_config, read_json, summary_path
 
@@ -21,8 +23,6 @@ class Run:
 
     def data(self, device="cpu"):
         """(x_train, y_train, x_test, y_test), preprocessed exactly as in training."""
-        from dmlight.data.datasets import load_data_cfg
-
         splits = self._splits if self._splits is not None else load_data_cfg(self.cfg.data)
         return splits.to(device).as_tuple()
 
@@ -39,9 +39,6 @@ def load_run(run_dir: str | Path, require_complete: bool = True) -> Run:
         >>> x_train, y_train, x_test, y_test = run.data()                                           # doctest: +SKIP
         >>> (run.model(x_test).argmax(1) == y_test).float().mean()                                 # doctest: +SKIP
     """
-    from dmlight.data.datasets import load_data_cfg
-    from dmlight.models.networks import model_from_config
-
     run_dir = Path(run_dir)
     cfg = read_config(run_dir)
     if cfg is None:

@@ -10,6 +10,8 @@ import platform
 import subprocess
 from pathlib import Path
 
+from dmlight import __version__
+
 REPO = Path(__file__).resolve().parents[2]  # dmlight/runs/provenance.py -> the checkout (or site-packages)
 CHECKOUT, INSTALLED = "git checkout", "installed package (no git checkout: commit unknown)"
 
@@ -59,10 +61,8 @@ def provenance(device) -> dict:
         ['device', 'device_name', 'dmlight', 'git_commit', 'git_dirty', 'lightning', 'python', 'source', 'torch',
          'torch_threads']
     """
-    import pytorch_lightning as pl
+    import pytorch_lightning as pl  # here, not at the top: dmlight.runs stays torch-free to import
     import torch
-
-    from dmlight import __version__
 
     device = torch.device(device)
     commit, dirty = git_state()

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from dmlight.errors import ConfigError
 
 def wandb_mode(requested: str | None = None) -> str:
     """The W&B mode: `requested` or WANDB_MODE if set, 'online' when W&B finds credentials (`wandb_credentials`),
@@ -58,8 +59,6 @@ def instantiate_group(specs, what: str, **runtime) -> list:
         [<pytorch_lightning.loggers.csv_logs.CSVLogger object at ...>]
     """
     from hydra.utils import instantiate
-
-    from dmlight.errors import ConfigError
 
     built = []
     for key, spec in (specs or {}).items():

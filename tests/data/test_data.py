@@ -37,7 +37,7 @@ def test_standardize_is_the_papers_normalization():
 
 
 def test_unknown_dataset_and_preprocess_name_the_accepted_values():
-    with pytest.raises(DataError, match="accepted: mnist, mnist5k, fashion_mnist, synthetic"):
+    with pytest.raises(DataError, match="accepted: mnist, mnist5k, fashion_mnist, fashion5k, synthetic"):
         load_data("cifar")
     with pytest.raises(DataError, match="accepted: raw, standardize"):
         load_data("synthetic", "minmax")
