@@ -15,7 +15,8 @@ training set (Runs.layers):
 - the ratio distance drop / intensity drop (each at least floor_pp), its 95% interval over seeds (Student's t on
   the log ratio), and a verdict, in this order: diverged (a seed's loss became non-finite), not trained (mean
   train accuracy below study_floor_pct), algebra only (the only intensity evidence is a guaranteed uniform
-  scale), no verdict (a drop that no kind reached), distance-coded (interval above study_ratio),
+  scale), no verdict (a drop that no kind reached), insensitive (both mean drops below keep_pp: at that size
+  of change neither code moves the accuracy), distance-coded (interval above study_ratio),
   intensity-coded (below 1/study_ratio), mixed. With one seed the point estimate decides.
 
 `uniform_ratio` is the same ratio with the uniform scale as the only intensity kind: the papers' test, beside the
@@ -43,7 +44,7 @@ STUDY_COLUMNS = ["setting", *SETTING_KEYS, "layer", "seeds", "baseline_pct", "di
 LEARN_COLUMNS = ["activation", "data", "preprocess", "variant", "intensity_model", "distance_model", "n_intensity",
                  "n_distance", "intensity_test_pct", "distance_test_pct", "diff_pp", "t", "p", "cohens_d", "verdict"]
 VERDICT_MARK = {"distance-coded": "D", "intensity-coded": "I", "mixed": "M", "not trained": "NT", "diverged": "X",
-                "algebra only": "A", "no verdict": "?"}
+                "algebra only": "A", "no verdict": "?", "insensitive": "0"}
 
 
 def drop_at(points: pd.DataFrame, base: float, change: float) -> float:
@@ -121,6 +122,10 @@ def verdict(evidence: list[dict], diverged: int, th: Thresholds = THRESHOLDS) ->
     logs = [v for v in logs if not math.isnan(v)]
     if not logs:
         return "no verdict", f"no distance or intensity kind reached a change of {th.study_change}", nan3
+    d, i = _mean(e["distance"] for e in evidence), _mean(e["intensity"] for e in evidence)
+    if d < th.keep_pp and i < th.keep_pp:
+        return "insensitive", (f"distance {d:.2f} pp and intensity {i:.2f} pp, both < {th.named('keep_pp')} pp at a "
+                               f"change of {th.study_change}"), nan3
     m, lo, hi = stats.mean_ci(logs)
     ratio = tuple(math.exp(v) if not math.isnan(v) else math.nan for v in (m, lo, hi))
     low, high = (ratio[1], ratio[2]) if len(logs) > 1 else (ratio[0], ratio[0])

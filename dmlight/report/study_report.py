@@ -47,13 +47,16 @@ def plot_verdicts(study: pd.DataFrame, figures: Path, th: Thresholds) -> list[Pa
     ax.set_yticks(range(len(settings)), settings, fontsize=7)
     fig.colorbar(image, ax=ax, label="log10(distance drop / intensity drop)")
     ax.set_title(f"Beyond the papers: verdicts at a change of {th.study_change:g}\n"
-                 "D distance-coded, I intensity-coded, M mixed, NT not trained, X diverged, A algebra only", fontsize=8)
+                 "D distance-coded, I intensity-coded, M mixed, 0 insensitive, NT not trained, X diverged, "
+                 "A algebra only", fontsize=8)
     return [_save(fig, figures, "study_verdicts")]
 
 
 def _showcase(study: pd.DataFrame) -> list[str]:
     """Up to three settings for the change plot: the study point's ReLU, tanh and sigmoid when present."""
     one_layer = study[(study.layer == "hidden") & (study.variant == "")]
+    one_layer = one_layer.assign(far=(one_layer.data != "mnist5k") * 2 + (one_layer.preprocess != "standardize")
+                                 + one_layer.model.str.contains("x") * 4).sort_values("far", kind="stable")
     picks = [s for act in ("relu", "tanh", "sigmoid", "abs", "gelu")
              for s in one_layer[one_layer.activation == act].setting.head(1)]
     return (picks or list(one_layer.setting.head(1)) or list(study.setting.head(1)))[:3]
@@ -86,6 +89,7 @@ def plot_change(study: pd.DataFrame, data: Runs, figures: Path, th: Thresholds) 
                         label=f"{kind} ({KIND_CODE[kind]}{', algebra' if algebra else ''})")
         ax.axvline(th.study_change, color="k", lw=0.6, ls=":")
         ax.set_xscale("log")  # changes of 0 (identity points) are not drawn
+        ax.xaxis.set_minor_formatter(plt.NullFormatter())
         ax.set(title=f"{name}: {row.verdict}", xlabel="size of change (mean relative, layer output)",
                ylabel="train accuracy (%)")
         handles, labels = ax.get_legend_handles_labels()
@@ -123,12 +127,12 @@ def study_section(tables: dict, fig: dict, th: Thresholds = THRESHOLDS) -> list[
             if name in fig:
                 lines += [f"![{name}]({fig[name]})", ""]
         holds = study[study.verdict == "distance-coded"]
-        fails = study[study.verdict.isin(["intensity-coded", "mixed"])]
+        fails = study[study.verdict.isin(["intensity-coded", "mixed", "insensitive"])]
         out = study[~study.index.isin(holds.index) & ~study.index.isin(fails.index)]
         lines += [f"**Where the papers' conclusion holds** (distance-coded): {len(holds)} of {len(study)} setting "
                   "layers" + (": " + "; ".join(f"{r.setting} {r.layer}" for r in holds.itertuples()) if len(holds) else "")
                   + ".", "",
-                  f"**Where it fails** (intensity-coded or mixed): {len(fails)}" +
+                  f"**Where it fails** (intensity-coded, mixed, or insensitive): {len(fails)}" +
                   (": " + "; ".join(f"{r.setting} {r.layer} ({r.verdict})" for r in fails.itertuples()) if len(fails)
                    else "") + ".", "",
                   f"**No verdict** (not trained, diverged, algebra only, no evidence): {len(out)}" +

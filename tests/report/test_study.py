@@ -54,6 +54,9 @@ def table(tmp_path_factory):
     runs(root, "ReLU_Bias", {3: {"offset": 30, "unit_scale": 2}, 4: {"offset": 30, "unit_scale": 2}},
          variant="optimizer.lr=10", diverged_seeds=(5,))
     runs(root, "LeakyReLU_Bias", {3: {"offset": 30, "clip": 2}}, variant="one_seed")
+    # a change of 0.5 moves neither code: the ratio of two floors would read as mixed
+    runs(root, "Tanh_Bias", {3: {"offset": 0.3, "unit_scale": 0.1}, 4: {"offset": 0.4, "unit_scale": 0.2}},
+         variant="flat")
     return study_table(load_runs([root])).set_index("setting")
 
 
@@ -73,6 +76,7 @@ def test_the_verdicts_are_the_rule_written_out(table):
         "Sigmoid_Bias mnist5k-raw": "not trained",
         "ReLU_Bias mnist5k-raw optimizer.lr=10": "diverged",
         "LeakyReLU_Bias mnist5k-raw one_seed": "distance-coded",
+        "Tanh_Bias mnist5k-raw flat": "insensitive",
     }
 
 
