@@ -78,8 +78,9 @@ class ChangeSum:
     def __init__(self):
         self.ratios: list[torch.Tensor] = []
 
-    def add(self, new: torch.Tensor, old: torch.Tensor) -> None:
-        ref = old.flatten(1).norm(dim=1)
+    def add(self, new: torch.Tensor, old: torch.Tensor, ref: torch.Tensor | None = None) -> None:
+        """A block's rows: perturbed `new`, unperturbed `old` and, when known, ||old|| per row (`ref`)."""
+        ref = old.flatten(1).norm(dim=1) if ref is None else ref
         keep = ref > 0
         self.ratios.append(((new - old).flatten(1).norm(dim=1)[keep] / ref[keep]).double().cpu())
 
@@ -143,6 +144,9 @@ class SplitSweep:
         # Applied to a point's own copy of the rows, the activation runs in place (None: the head comes first).
         first = tail[0] if len(tail) else None
         self.activation_, self.after_activation = IN_PLACE.get(type(first)), tail[1:]
+        # the tail's in-place activation is what the ranges (and the size of change) are measured after
+        self.act_is_first = first is not None and first is ranges_of
+        self._unperturbed = None  # (what the ranges are measured on, its norm per row): measure() fills it once
         self.baseline = self._count(None, None, None, None)[0]
 
     @torch.inference_mode()
@@ -161,6 +165,10 @@ class SplitSweep:
     def measure(self, scale: torch.Tensor, offset: torch.Tensor, lower: torch.Tensor,
                 upper: torch.Tensor) -> tuple[list[int], list[float]]:
         """Correct predictions and the size of the change (ChangeSum) per point."""
+        if self._unperturbed is None:  # once, before any worker starts
+            with torch.inference_mode():
+                a = self.h if self.ranges_of is None else self.ranges_of(self.h.clone())
+                self._unperturbed = (a, a.flatten(1).norm(dim=1))
         out = self._points(scale, offset, lower, upper, True)
         return [count for count, _ in out], [change for _, change in out]
 
@@ -201,13 +209,19 @@ class SplitSweep:
                 z = z + offset if z is rows else z.add_(offset)
             if lower is not None or upper is not None:
                 z = torch.clamp(z, lower, upper) if z is rows else z.clamp_(lower, upper)
-            if change:  # before the tail runs: it may work in place
+            fast = not (z is rows or self.activation_ is None)
+            if change:
+                base, ref = (t[start: start + self.chunk_rows] for t in self._unperturbed)
+            if change and not (fast and self.act_is_first):  # before the tail runs: it may work in place
                 act = self.ranges_of
-                size.add(z if act is None else act(z.clone()), rows if act is None else act(rows.clone()))
-            if z is rows or self.activation_ is None:  # a copy of h: the tail may start in place (ReLU(inplace=True))
+                size.add(z if act is None else act(z.clone()), base, ref)
+            if not fast:  # a copy of h: the tail may start in place (ReLU(inplace=True))
                 logits = self.tail(z.clone() if z is rows else z)
             else:
-                logits = self.after_activation(self.activation_(z))
+                new = self.activation_(z)
+                if change and self.act_is_first:
+                    size.add(new, base, ref)
+                logits = self.after_activation(new)
             check_logits(logits, "Sequential")
             # max's indices follow argmax's rule (the first of equal maxima) and are faster on 10 columns
             correct += int((logits.max(1).indices == self.y[start: start + self.chunk_rows]).sum())
