@@ -1,6 +1,7 @@
 """The study's verdict rule on hand-made sweeps with literal expected verdicts, and a tiny real study end to end
 through the report's "Beyond the papers" section."""
 import math
+import re
 import sys
 from pathlib import Path
 
@@ -122,3 +123,25 @@ def test_a_tiny_real_study_reaches_the_report_section(tmp_path):
     assert (out / "figures" / "study_change.png").is_file()
     card = pd.read_csv(out / "scorecard.csv")  # the papers' claims: the study's runs are not the papers' runs
     assert card.status.str.startswith("not run").all()
+
+
+STUDY_AXES = ["study_activation", "study_depth", "study_width", "study_data", "study_optimizer", "study_learn"]
+
+
+@pytest.mark.parametrize("axis", STUDY_AXES)
+def test_every_study_axis_composes_at_each_of_its_values(axis):
+    """Each axis (a Hydra sweep file) composes with every value it sweeps; the Makefile runs all of them."""
+    from omegaconf import OmegaConf
+
+    from dmlight.config import CONF_DIR, compose_config
+
+    params = OmegaConf.load(CONF_DIR / "experiment" / f"{axis}.yaml").hydra.sweeper.params
+    assert params, axis
+    for key, values in params.items():
+        for value in str(values).replace("[128,128],[128,128,128]", "[128,128];[128,128,128]").split(
+                ";" if "[" in str(values) else ","):
+            cfg = compose_config([f"experiment={axis}", f"{key}={value}"])
+            assert cfg.experiment_name == ("study_learn" if axis == "study_learn" else "study")
+            assert list(cfg.seeds) == [11, 12, 13] and cfg.trainer.max_epochs == 300
+            assert cfg.perturbation.layer == ("hidden" if axis == "study_learn" else "all")
+    assert re.search(rf"^STUDY_AXES := .*\b{axis}\b", (Path(__file__).parents[2] / "Makefile").read_text(), re.M)
