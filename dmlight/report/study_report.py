@@ -56,7 +56,8 @@ def _showcase(study: pd.DataFrame) -> list[str]:
     """Up to three settings for the change plot: the study point's ReLU, tanh and sigmoid when present."""
     one_layer = study[(study.layer == "hidden") & (study.variant == "")]
     one_layer = one_layer.assign(far=(one_layer.data != "mnist5k") * 2 + (one_layer.preprocess != "standardize")
-                                 + one_layer.model.str.contains("x") * 4).sort_values("far", kind="stable")
+                                 + one_layer.model.str.contains("x") * 4 + (one_layer.experiment != "study") * 8
+                                 ).sort_values("far", kind="stable")
     picks = [s for act in ("relu", "tanh", "sigmoid", "abs", "gelu")
              for s in one_layer[one_layer.activation == act].setting.head(1)]
     return (picks or list(one_layer.setting.head(1)) or list(study.setting.head(1)))[:3]
