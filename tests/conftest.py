@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -21,6 +22,25 @@ def run_module(module: str, *args: str, cwd: Path | None = None, env: dict | Non
     """`python -m module args...` in a subprocess, the way a user runs it."""
     return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd or REPO, text=True,
                           capture_output=True, timeout=timeout, env={**os.environ, **(env or {})})
+
+
+def copy_run(run_dir: Path, tmp_path: Path, drop=()) -> Path:
+    """A copy of a finished run in tmp_path/run, without the files named in `drop`: a test changes the copy only."""
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    for name in drop:
+        (copy / name).unlink()
+    return copy
+
+
+def perturb_again(run_dir: Path, tmp_path: Path, results: str, *overrides: str) -> Path:
+    """`python -m dmlight.perturb` on a copy of `run_dir` whose `results` file was removed, with `overrides`;
+    checks that it wrote that file again, byte for byte, and returns the copy."""
+    copy = copy_run(run_dir, tmp_path, drop=[results])
+    done = run_module("dmlight.perturb", f"run_dir={copy}", *overrides, f"hydra.run.dir={tmp_path / 'hydra'}")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (copy / results).read_text() == (run_dir / results).read_text()
+    return copy
 
 
 def kill_after_first_checkpoint(args: list[str], run_dir: Path, timeout: float = 120) -> None:

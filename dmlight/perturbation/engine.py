@@ -144,7 +144,7 @@ class SplitSweep:
         # Applied to a point's own copy of the rows, the activation runs in place (None: the head comes first).
         first = tail[0] if len(tail) else None
         self.activation_, self.after_activation = IN_PLACE.get(type(first)), tail[1:]
-        # the tail's in-place activation is what the ranges (and the size of change) are measured after
+        # the tail's first module is the activation the ranges (and the size of change) are measured after
         self.act_is_first = first is not None and first is ranges_of
         self._unperturbed = None  # (what the ranges are measured on, its norm per row): measure() fills it once
         self.baseline = self._count(None, None, None, None)[0]
@@ -209,19 +209,19 @@ class SplitSweep:
                 z = z + offset if z is rows else z.add_(offset)
             if lower is not None or upper is not None:
                 z = torch.clamp(z, lower, upper) if z is rows else z.clamp_(lower, upper)
-            fast = not (z is rows or self.activation_ is None)
             if change:
                 base, ref = (t[start: start + self.chunk_rows] for t in self._unperturbed)
-            if change and not (fast and self.act_is_first):  # before the tail runs: it may work in place
-                act = self.ranges_of
-                size.add(z if act is None else act(z.clone()), base, ref)
-            if not fast:  # a copy of h: the tail may start in place (ReLU(inplace=True))
-                logits = self.tail(z.clone() if z is rows else z)
-            else:
-                new = self.activation_(z)
-                if change and self.act_is_first:
+            if z is rows:  # a copy of h: the tail may start in place (ReLU(inplace=True))
+                logits = self.tail(z.clone())
+            elif self.act_is_first:  # the activation's output is both the size of change's and the tail's input
+                new = self.activation_(z) if self.activation_ is not None else self.tail[0](z)
+                if change:
                     size.add(new, base, ref)
                 logits = self.after_activation(new)
+            else:
+                if change:  # before the tail runs: it may work in place
+                    size.add(z if self.ranges_of is None else self.ranges_of(z.clone()), base, ref)
+                logits = self.after_activation(self.activation_(z)) if self.activation_ is not None else self.tail(z)
             check_logits(logits, "Sequential")
             # max's indices follow argmax's rule (the first of equal maxima) and are faster on 10 columns
             correct += int((logits.max(1).indices == self.y[start: start + self.chunk_rows]).sum())

@@ -144,9 +144,8 @@ def sweep_points(cfg, site: str | None = None, hidden: int | None = None) -> dic
                                     "e.g. perturbation.magnitudes=[0.05,0.1].") from None
         if not points[kind]:
             raise PerturbationError(f"the grid for {kind!r} is empty; give at least one magnitude.")
-        if kind == "unit_scale" and points[kind][0] <= 0:
-            raise PerturbationError(f"unit_scale magnitude {points[kind][0]!r}: each unit's factor is p ** u_i, so "
-                                    "every p must be > 0 (e.g. a geomspace grid from 0.01).")
+        if kind == "unit_scale":
+            check_unit_scale(points[kind][0])  # the grid is sorted: its first point is the smallest
     return points
 
 
@@ -221,6 +220,13 @@ class UnitRanges:
                 for k, (lo, hi) in enumerate(zip(self.min.tolist(), self.max.tolist()))]
 
 
+def check_unit_scale(p: float) -> None:
+    """unit_scale's magnitude must be > 0: each unit's factor is p ** u_i."""
+    if p <= 0:
+        raise PerturbationError(f"unit_scale magnitude {p!r}: each unit's factor is p ** u_i, so every p must be > 0 "
+                                "(e.g. a geomspace grid from 0.01).")
+
+
 def unit_exponents(n: int, seed: int = UNIT_SEED) -> torch.Tensor:
     """unit_scale's u_i: n draws uniform in [0, 1) (float64) from torch's generator seeded with `seed`.
 
@@ -254,9 +260,7 @@ def perturbation_values(kind: str, p: float, ranges: UnitRanges, unit: int | Non
     if kind == "scale":
         v["scale"].fill_(p)
     elif kind == "unit_scale":
-        if p <= 0:
-            raise PerturbationError(f"unit_scale magnitude {p!r}: each unit's factor is p ** u_i, so p must be > 0 "
-                                    "(e.g. a geomspace grid from 0.01).")
+        check_unit_scale(p)
         v["scale"] = float(p) ** unit_exponents(n, unit_seed)
     elif kind == "clip":
         v["upper"] = lo + p * r

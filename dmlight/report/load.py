@@ -256,21 +256,18 @@ def load_runs(dirs, skip=()) -> Runs:
                             for k in PROVENANCE_COLUMNS}})
         if runfiles.metrics_path(path).exists():
             metrics.append(read_metrics(path).assign(**key))
-        if runfiles.perturbation_path(path).exists():
+        for layer, file in runfiles.layer_result_files(path).items():  # each layer's sweep file, read once
             try:
-                every = read_perturbation(path).assign(site=run_rows[-1]["site"], **key)
+                every = read_sweep_file(file).assign(site=run_rows[-1]["site"], **key)
             except (OSError, KeyError, ValueError, UnicodeDecodeError, csv.Error) as e:
-                log(f"warning: {runfiles.perturbation_path(path)} unreadable ({e}); its sweep is left out")
-            else:
-                perts.append(final_sweep(every))
+                log(f"warning: {file} unreadable ({e}); its sweep is left out")
+                continue
+            final = final_sweep(every)
+            layers.append(final.assign(layer=layer))
+            if layer == "hidden":  # the papers' layer: the claims, tables and sweeps during training
+                perts.append(final)
                 if every.epoch.nunique() > 1:
                     sweeps.append(every)
-        for layer, file in runfiles.layer_result_files(path).items():
-            try:
-                layers.append(final_sweep(read_sweep_file(file)).assign(layer=layer, site=run_rows[-1]["site"], **key))
-            except (OSError, KeyError, ValueError, UnicodeDecodeError, csv.Error) as e:
-                if layer != "hidden":  # perturbation.csv's warning is above
-                    log(f"warning: {file} unreadable ({e}); its sweep is left out")
         for layer, by_split in (s.get("units") or {}).items():
             for split, c in (by_split or {}).items():
                 units.append({**key, "layer": layer, "split": split,

@@ -122,7 +122,7 @@ def verdict(evidence: list[dict], diverged: int, th: Thresholds = THRESHOLDS) ->
     logs = [v for v in logs if not math.isnan(v)]
     if not logs:
         return "no verdict", f"no distance or intensity kind reached a change of {th.study_change}", nan3
-    d, i = _mean(e["distance"] for e in evidence), _mean(e["intensity"] for e in evidence)
+    d, i = (stats.mean_std([e[k] for e in evidence])[0] for k in ("distance", "intensity"))
     if d < th.keep_pp and i < th.keep_pp:
         return "insensitive", (f"distance {d:.2f} pp and intensity {i:.2f} pp, both < {th.named('keep_pp')} pp at a "
                                f"change of {th.study_change}"), nan3
@@ -171,18 +171,13 @@ def study_table(data: Runs, th: Thresholds = THRESHOLDS, experiments=STUDY_EXPER
             uniform = [u for u in uniform if not math.isnan(u)]
             out.append({"setting": setting_label(key), **key, "layer": layer, "seeds": len(evidence),
                         "baseline_pct": 100 * np.mean([e["baseline"] for e in evidence]) if evidence else math.nan,
-                        "distance_drop_pp": _mean(e["distance"] for e in evidence),
-                        "intensity_drop_pp": _mean(e["intensity"] for e in evidence),
+                        "distance_drop_pp": stats.mean_std([e["distance"] for e in evidence])[0],
+                        "intensity_drop_pp": stats.mean_std([e["intensity"] for e in evidence])[0],
                         "intensity_kinds": "+".join(sorted({k for e in evidence for k in e["counted"]})),
                         "ratio": ratio, "ratio_lo": lo, "ratio_hi": hi,
                         "uniform_ratio": math.exp(np.mean(uniform)) if uniform else math.nan,
                         "verdict": v, "why": why})
     return pd.DataFrame(out, columns=STUDY_COLUMNS)
-
-
-def _mean(values) -> float:
-    finite = [v for v in values if not math.isnan(v)]
-    return float(np.mean(finite)) if finite else math.nan
 
 
 def learn_pairs(data: Runs, th: Thresholds = THRESHOLDS, experiments=("study_learn",)) -> pd.DataFrame:

@@ -19,7 +19,7 @@ from dmlight.perturb import perturb
 from dmlight.perturbation.formulas import PerturbationError, UnitRanges, perturbation_values
 from dmlight.train import build_network, train
 from tests.conftest import member_dir
-from tests.conftest import run_module, train_cfg
+from tests.conftest import perturb_again, run_module, train_cfg
 from tests.package.test_cli import HEAVY, imported_modules
 
 MAGNITUDES = [-0.3, 0.05, 0.4, 2.0]  # every USE kind at these points (a few, for a naive reference)
@@ -201,13 +201,8 @@ def test_the_probe_at_hidden2_counts_what_a_hook_on_hidden2_counts(deep_use_run)
 @pytest.mark.slow
 def test_dmlight_perturb_probes_hidden2_of_a_saved_run(deep_use_run, tmp_path):
     run_dir, _ = deep_use_run
-    copy = tmp_path / "run"
-    shutil.copytree(run_dir, copy)
-    (copy / "perturbation_hidden2.csv").unlink()
-    done = run_module("dmlight.perturb", f"run_dir={copy}", "perturbation=use", "perturbation.layer=hidden2",
-                      f"perturbation.magnitudes={MAGNITUDES}", f"hydra.run.dir={tmp_path / 'hydra'}")
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert (copy / "perturbation_hidden2.csv").read_text() == (run_dir / "perturbation_hidden2.csv").read_text()
+    copy = perturb_again(run_dir, tmp_path, "perturbation_hidden2.csv", "perturbation=use",
+                         "perturbation.layer=hidden2", f"perturbation.magnitudes={MAGNITUDES}")
     assert (copy / "unit_ranges_hidden2.csv").read_text() == (run_dir / "unit_ranges_hidden2.csv").read_text()
     assert not (copy / "perturbation.csv").exists()
     use = compose_config(["perturbation=use", f"perturbation.magnitudes={MAGNITUDES}"]).perturbation

@@ -23,7 +23,7 @@ from dmlight.perturbation.driver import run_sweep
 from dmlight.perturbation.engine import network_sweep
 from dmlight.runs.files import PERTURBATION_COLUMNS as COLUMNS, RANGE_COLUMNS, read_results
 from dmlight.train import train
-from tests.conftest import run_module, train_cfg
+from tests.conftest import copy_run, perturb_again, run_module, train_cfg
 
 USE = ("scale", "clip", "offset")
 LEARN = ("clamp_min", "clamp_max")
@@ -268,21 +268,14 @@ def test_relu_offset_costs_more_than_any_scale_from_10_to_1000_percent(use_run):
 @pytest.mark.slow
 def test_perturb_on_a_saved_run_reproduces_the_callback(use_run, tmp_path):
     run_dir, _ = use_run
-    copy = tmp_path / "run"
-    shutil.copytree(run_dir, copy)
-    (copy / "perturbation.csv").unlink()
-    done = run_module("dmlight.perturb", f"run_dir={copy}", "perturbation=use", "perturbation.splits=[train,test]",
-                      f"hydra.run.dir={tmp_path / 'hydra'}")
-    assert done.returncode == 0, done.stderr
-    assert (copy / "perturbation.csv").read_text() == (run_dir / "perturbation.csv").read_text()
+    copy = perturb_again(run_dir, tmp_path, "perturbation.csv", "perturbation=use", "perturbation.splits=[train,test]")
     assert (copy / "unit_ranges.csv").read_text() == (run_dir / "unit_ranges.csv").read_text()
 
 
 @pytest.mark.slow
 def test_perturb_multirun_appends_one_row_per_point(use_run, tmp_path):
     run_dir, _ = use_run
-    copy = tmp_path / "run"
-    shutil.copytree(run_dir, copy)
+    copy = copy_run(run_dir, tmp_path)
     before = (copy / "perturbation.csv").read_text()
     done = run_module("dmlight.perturb", "-m", f"run_dir={copy}", "perturbation=offset",
                       "perturbation.magnitude=0.05,-0.05", f"hydra.sweep.dir={tmp_path / 'hydra'}")
@@ -301,8 +294,7 @@ def test_perturb_multirun_appends_one_row_per_point(use_run, tmp_path):
 def test_a_file_of_an_older_version_keeps_its_columns(use_run, tmp_path):
     """perturbation.csv written before the epoch column: rows appended to it keep its five columns."""
     run_dir, _ = use_run
-    copy = tmp_path / "run"
-    shutil.copytree(run_dir, copy)
+    copy = copy_run(run_dir, tmp_path)
     old = "kind,magnitude,split,unit,accuracy\nbaseline,,train,all,0.5\n"
     (copy / "perturbation.csv").write_text(old)
     cfg = compose_config(["perturbation=offset", "perturbation.magnitude=0.05"]).perturbation

@@ -17,7 +17,6 @@ count is checked to lie between the reference's sure and possible counts. Such r
 (asserted), so the check is an equality in all but name.
 """
 import csv
-import shutil
 
 import pytest
 import torch
@@ -25,7 +24,7 @@ import torch.nn.functional as F
 
 from dmlight.runs.load import load_run
 from dmlight.train import train
-from tests.conftest import train_cfg
+from tests.conftest import copy_run, train_cfg
 
 pytestmark = pytest.mark.slow  # real trainings: `make test-fast` leaves them out
 
@@ -208,9 +207,7 @@ def test_units_that_never_fire_are_left_as_they_are_by_offset(activation_run, tm
     from dmlight.perturb import perturb
 
     activation, run_dir = activation_run
-    copy = tmp_path / "run"
-    shutil.copytree(run_dir, copy)
-    (copy / "perturbation.csv").unlink()
+    copy = copy_run(run_dir, tmp_path, drop=["perturbation.csv"])
     ckpt_path = copy / "checkpoints" / "last.ckpt"
     ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
     dead = [5, 77]

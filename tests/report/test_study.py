@@ -14,7 +14,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from report_fixtures import make_run  # noqa: E402
 
 from dmlight.report.load import load_runs  # noqa: E402
-from dmlight.report.study import study_table  # noqa: E402
+from dmlight.report.study import learn_pairs, study_table  # noqa: E402
 
 BASE = 0.97
 
@@ -145,3 +145,25 @@ def test_every_study_axis_composes_at_each_of_its_values(axis):
             assert list(cfg.seeds) == [11, 12, 13] and cfg.trainer.max_epochs == 300
             assert cfg.perturbation.layer == ("hidden" if axis == "study_learn" else "all")
     assert re.search(rf"^STUDY_AXES := .*\b{axis}\b", (Path(__file__).parents[2] / "Makefile").read_text(), re.M)
+
+
+def test_learn_pairs_compare_the_codes_by_a_t_test_and_cohens_d(tmp_path):
+    name = {"tanh": "Tanh", "relu": "ReLU"}
+    neg = {"tanh": [0.966, 0.964, 0.968], "relu": [0.90, 0.94, 0.86]}  # the distance code (mlp2_neg)
+    plain = {"tanh": [0.950, 0.948, 0.952], "relu": [0.91, 0.93, 0.89, 0.92]}  # the intensity code (mlp2)
+    for act in name:
+        for seed, acc in enumerate(neg[act], start=3):
+            make_run(tmp_path, "study_learn", f"{name[act]}2-Neg", seed, test_acc=acc)
+        for seed, acc in enumerate(plain[act], start=3):
+            make_run(tmp_path, "study_learn", f"{name[act]}2", seed, test_acc=acc)
+    pairs = learn_pairs(load_runs([tmp_path])).set_index("activation")
+    assert sorted(pairs.index) == ["relu", "tanh"]
+    for act, want in (("tanh", "distance code better"), ("relu", "no clear difference")):
+        a, b = 100 * np.array(neg[act]), 100 * np.array(plain[act])
+        t, p = st.ttest_ind(a, b)  # Student's, pooled variance
+        sp = math.sqrt(((len(a) - 1) * a.var(ddof=1) + (len(b) - 1) * b.var(ddof=1)) / (len(a) + len(b) - 2))
+        row = pairs.loc[act]
+        assert (row.n_distance, row.n_intensity) == (len(a), len(b))
+        assert row.diff_pp == pytest.approx(a.mean() - b.mean()) and row.t == pytest.approx(t)
+        assert row.p == pytest.approx(p) and row.cohens_d == pytest.approx((a.mean() - b.mean()) / sp)
+        assert row.verdict == want and row.distance_model == f"{name[act]}2-Neg"
